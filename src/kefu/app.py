@@ -1,0 +1,87 @@
+"""Application factory: settings, database, event bus, job worker, routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from kefu.core import mail  # noqa: F401 - registers the mail job handlers
+from kefu.core.errors import install_error_handlers
+from kefu.core.events import make_bus
+from kefu.core.jobs import Worker
+from kefu.core.ops import RequestLimitsMiddleware
+from kefu.core.ops import router as ops_router
+from kefu.core.policy import Principal, access_matrix, authorize
+from kefu.core.realtime import router as realtime_router
+from kefu.db.engine import make_engine, make_session_factory
+from kefu.identity.api import router as identity_router
+from kefu.settings import Settings, get_settings
+from kefu.web import STATIC_DIR
+from kefu.web.pages import install_pages
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    access_matrix()  # a broken matrix must stop start-up, not fail the first request
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await app.state.event_bus.start()
+        worker = None
+        if settings.run_worker:
+            worker = Worker(app.state.session_factory, settings)
+            worker.start()
+        app.state.worker = worker
+        log.info("kefu started", extra={"base_url": settings.base_url, "sqlite": settings.is_sqlite})
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            await app.state.event_bus.stop()
+            await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="kefu",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    engine = make_engine(settings.resolved_database_url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.event_bus = make_bus(
+        settings.event_backend, database_url=settings.resolved_database_url, redis_url=settings.redis_url
+    )
+
+    install_error_handlers(app)
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.include_router(ops_router)
+    app.include_router(identity_router)
+    app.include_router(realtime_router)
+
+    @app.get("/api/docs", include_in_schema=False)
+    async def api_docs(request: Request, principal: Principal = authorize("public", "read")) -> HTMLResponse:
+        # Served from our own static files: the docs page must work on an intranet without internet.
+        return get_swagger_ui_html(
+            openapi_url="/api/openapi.json",
+            title="kefu API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    install_pages(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

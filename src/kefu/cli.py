@@ -1,0 +1,219 @@
+"""The ``kefu`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kefu.settings import get_settings
+
+app = typer.Typer(help="kefu (客服): knowledge-centred omnichannel contact centre", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations", no_args_is_help=True)
+user_app = typer.Typer(help="Users", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data", no_args_is_help=True)
+kb_app = typer.Typer(help="Knowledge base", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(demo_app, name="demo")
+app.add_typer(kb_app, name="kb")
+
+T = TypeVar("T")
+
+
+def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from kefu.db.engine import make_engine, make_session_factory
+
+    async def run() -> T:
+        engine = make_engine(get_settings().resolved_database_url)
+        try:
+            async with make_session_factory(engine)() as session, session.begin():
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from kefu.db.migrate import upgrade
+
+    upgrade(get_settings().resolved_database_url, revision)
+    typer.echo("database is up to date")
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="app processes (PostgreSQL only when > 1)")] = 1,
+    demo: Annotated[bool, typer.Option(help="load the demo data first")] = False,
+) -> None:
+    """Migrate the database, then serve kefu."""
+    import uvicorn
+
+    from kefu.core.logging import configure_logging
+    from kefu.db.migrate import upgrade
+
+    settings = get_settings()
+    if workers > 1 and settings.is_sqlite:
+        _fail("several workers need PostgreSQL (KEFU_DATABASE_URL); SQLite serves one process")
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    upgrade(settings.resolved_database_url)
+    if demo:
+        demo_load()
+    typer.echo(f"kefu is serving at http://{host}:{port}  (API docs: http://{host}:{port}/api/docs)")
+    uvicorn.run(
+        "kefu.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_config=None,
+        ws="websockets-sansio",
+    )
+
+
+@demo_app.command("load")
+def demo_load() -> None:
+    """Load demo users, teams and skills (idempotent) and print the demo sign-ins."""
+    from kefu.demo import DEMO_PASSWORD, DEMO_USERS, load_demo
+
+    created = _in_transaction(load_demo)
+    typer.echo(f"demo data loaded ({len(created)} new users)")
+    typer.echo(f"demo sign-ins (password for all: {DEMO_PASSWORD}):")
+    for username, display, roles, *_ in DEMO_USERS:
+        typer.echo(f"  {username:<11} {','.join(roles):<18} {display}")
+
+
+@user_app.command("create")
+def user_create(
+    username: str,
+    display_name: Annotated[str, typer.Option("--name")] = "",
+    roles: Annotated[list[str], typer.Option("--role", help="repeat for several roles")] = ["agent"],  # noqa: B006
+    email: str | None = None,
+    password: Annotated[str | None, typer.Option(help="prompted when omitted")] = None,
+) -> None:
+    """Create a user."""
+    from pydantic import ValidationError
+
+    from kefu.core.audit import Actor
+    from kefu.core.errors import ApiError
+    from kefu.identity import service
+    from kefu.identity.schemas import UserCreate
+
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        body = UserCreate(
+            username=username, display_name=display_name or username, roles=roles, email=email, password=password
+        )
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    try:
+        user = _in_transaction(lambda db: service.create_user(db, Actor.system("cli"), **body.model_dump()))
+    except ApiError as exc:
+        _fail(exc.message)
+    typer.echo(f"created user {user.username} (id {user.id})")
+
+
+@user_app.command("list")
+def user_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List users."""
+    from kefu.identity import service
+
+    async def fetch(db: AsyncSession) -> list:
+        return await service.list_users(db, service.UserFilter(), limit=100_000)
+
+    users = _in_transaction(fetch)
+    for u in users:
+        row = {
+            "id": u.id,
+            "username": u.username,
+            "display_name": u.display_name,
+            "roles": sorted(u.role_names),
+            "active": u.is_active,
+        }
+        typer.echo(
+            json.dumps(row, ensure_ascii=False)
+            if as_json
+            else f"{u.id:>5}  {u.username:<20} {','.join(sorted(u.role_names)):<30} "
+            f"{'active' if u.is_active else 'disabled'}  {u.display_name}"
+        )
+
+
+@user_app.command("disable")
+def user_disable(username: str) -> None:
+    """Disable a user: their sessions and tokens stop working at once."""
+    from kefu.core.audit import Actor
+    from kefu.identity import service
+
+    async def work(db: AsyncSession) -> bool:
+        user = await service.find_user_by_login(db, username)
+        if user is None:
+            return False
+        await service.set_active(db, Actor.system("cli"), user, False)
+        return True
+
+    if not _in_transaction(work):
+        _fail(f"no user {username!r}")
+    typer.echo(f"disabled {username}")
+
+
+@user_app.command("set-password")
+def user_set_password(username: str) -> None:
+    """Set a user's password (prompted)."""
+    from kefu.core.audit import Actor
+    from kefu.core.errors import ApiError
+    from kefu.identity import service
+
+    password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+
+    async def work(db: AsyncSession) -> bool:
+        user = await service.find_user_by_login(db, username)
+        if user is None:
+            return False
+        await service.set_password(db, Actor.system("cli"), user, password)
+        return True
+
+    try:
+        found = _in_transaction(work)
+    except ApiError as exc:
+        _fail(exc.message)
+    if not found:
+        _fail(f"no user {username!r}")
+    typer.echo("password changed")
+
+
+@kb_app.command("eval")
+def kb_eval(
+    kb: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="KB JSONL")],
+    queries: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="queries JSONL")],
+) -> None:
+    """Measure search accuracy: prints JSON with Recall@1, Recall@5, MRR@10, queries/s, index build time."""
+    from kefu.knowledge.search.evaluation import InputError, evaluate
+
+    try:
+        result = evaluate(kb, queries)
+    except InputError as exc:
+        _fail(str(exc))
+    json.dump(result, sys.stdout, ensure_ascii=False, indent=2)
+    typer.echo()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,147 @@
+"""Operations: liveness, readiness, Prometheus metrics, the jobs view, request metrics and body limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kefu.core.errors import error_body
+from kefu.core.jobs import Job
+from kefu.core.policy import Principal, authorize
+from kefu.db.session import get_db
+
+router = APIRouter()
+
+REQUESTS = Counter("kefu_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "kefu_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+READY_TIMEOUT_SECONDS = 2.0
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz(principal: Principal = authorize("public", "read")) -> dict[str, str]:
+    """The process is alive (says nothing about its dependencies)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(request: Request, principal: Principal = authorize("public", "read")) -> JSONResponse:
+    """Ready to serve: the database answers. Turns ready again by itself when the database returns."""
+    engine = request.app.state.engine
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready", "database": "ok"})
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics(principal: Principal = authorize("metrics", "read")) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+
+    model_config = {"from_attributes": True}
+
+
+@router.get("/api/v1/jobs", tags=["ops"])
+async def list_jobs(
+    db: Annotated[AsyncSession, Depends(get_db)],
+    principal: Principal = authorize("job", "list"),
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[JobOut]:
+    stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    return [JobOut.model_validate(j) for j in (await db.scalars(stmt)).all()]
+
+
+class RequestLimitsMiddleware:
+    """Refuses bodies over the limit with 413 (by Content-Length, or while streaming) and records metrics."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            await self._too_large(send)
+            self._observe(scope, 413, started)
+            return
+
+        received = 0
+        limit = self.max_body_bytes
+
+        class BodyTooLarge(Exception):
+            pass
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not response_started:
+                await self._too_large(send)
+            status_holder["status"] = 413
+        self._observe(scope, status_holder["status"], started)
+
+    async def _too_large(self, send: Send) -> None:
+        body = JSONResponse(
+            error_body("payload_too_large", f"request body is larger than {self.max_body_bytes} bytes"),
+            status_code=413,
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
+
+    @staticmethod
+    def _observe(scope: Scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        # Label by route template, not raw path: ids in paths would explode the series count.
+        name = getattr(route, "path", "unmatched")
+        REQUESTS.labels(scope["method"], name, str(status)).inc()
+        LATENCY.labels(scope["method"], name).observe(time.perf_counter() - started)

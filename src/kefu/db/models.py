@@ -1,0 +1,7 @@
+"""Imports every table module so ``Base.metadata`` is complete (for Alembic and tests)."""
+
+from kefu.core import audit, jobs  # noqa: F401
+from kefu.db.base import Base
+from kefu.identity import models as identity_models  # noqa: F401
+
+metadata = Base.metadata

@@ -1,0 +1,1 @@
+"""Users, roles, teams, skills, sessions and API tokens."""
