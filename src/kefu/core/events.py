@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from kefu.db.base import utcnow
 
@@ -285,28 +285,59 @@ def bind_bus(session: AsyncSession, bus: EventBus) -> None:
 
 
 def publish_on_commit(session: AsyncSession, event: Event) -> None:
-    """Queue ``event``; it is published only if and after the session commits."""
+    """Queue ``event``; it is published only if and after the session's outermost transaction commits.
+
+    Savepoints count: releasing one publishes nothing yet, and rolling one back drops the events
+    queued inside it (but not those queued before it).
+    """
     event.to_json()  # fail now, in the request, rather than after the commit
-    session.sync_session.info.setdefault(_PENDING, []).append(event)
+    sync_session = session.sync_session
+    savepoints: list[SessionTransaction] = []
+    nested = sync_session.get_nested_transaction()
+    while nested is not None:
+        if nested.nested:
+            savepoints.append(nested)
+        nested = nested.parent
+    sync_session.info.setdefault(_PENDING, []).append((event, tuple(savepoints)))
 
 
 @sa_event.listens_for(Session, "after_commit")
 def _publish_pending(sync_session: Session) -> None:
-    events = sync_session.info.pop(_PENDING, [])
+    if sync_session.get_nested_transaction() is not None:
+        return  # a savepoint was released (this hook fires for those too); the real commit comes later
+    pending = sync_session.info.pop(_PENDING, [])
     bus = sync_session.info.get(_BUS)
-    if not events or bus is None:
+    if not pending or bus is None:
         return
     loop = asyncio.get_running_loop()
-    for ev in events:
+    for ev, _savepoints in pending:
         task = loop.create_task(bus.publish(ev))
-        task.add_done_callback(_log_publish_failure)
+        _publishing.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_publish_done)
 
 
-@sa_event.listens_for(Session, "after_rollback")
-def _drop_pending(sync_session: Session) -> None:
-    sync_session.info.pop(_PENDING, None)
+@sa_event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(sync_session: Session, previous_transaction: SessionTransaction) -> None:
+    if not previous_transaction.nested:
+        sync_session.info.pop(_PENDING, None)
+        return
+    # Only the savepoint's own events go; the enclosing transaction may still commit.
+    pending = sync_session.info.get(_PENDING)
+    if pending:
+        pending[:] = [item for item in pending if previous_transaction not in item[1]]
 
 
-def _log_publish_failure(task: asyncio.Task[None]) -> None:
+@sa_event.listens_for(Session, "after_transaction_end")
+def _forget_pending(sync_session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without a commit (e.g. the session was closed): drop the rest.
+    if transaction.parent is None:
+        sync_session.info.pop(_PENDING, None)
+
+
+_publishing: set[asyncio.Task[None]] = set()
+
+
+def _publish_done(task: asyncio.Task[None]) -> None:
+    _publishing.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.error("event publish failed", exc_info=task.exception())

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Index, Integer, String, Text, UniqueConstraint, and_, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -90,27 +90,30 @@ async def enqueue(
     max_attempts: int = 8,
 ) -> Job:
     """Add a job in the caller's transaction. With a key already used, returns the existing job."""
-    if idempotency_key is not None:
-        existing = await session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is not None:
-            return existing
-    job = Job(
-        kind=kind,
-        payload=payload or {},
-        idempotency_key=idempotency_key,
-        run_at=run_at or utcnow(),
-        max_attempts=max_attempts,
-    )
-    try:
-        async with session.begin_nested():
-            session.add(job)
-            await session.flush()
-    except IntegrityError:
-        # Another transaction enqueued the same key between our check and insert.
-        existing = await session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is None:
-            raise
+    values = {
+        "kind": kind,
+        "payload": payload or {},
+        "idempotency_key": idempotency_key,
+        "run_at": run_at or utcnow(),
+        "max_attempts": max_attempts,
+    }
+    if idempotency_key is None:
+        job = Job(**values)
+        session.add(job)
+        await session.flush()
+        return job
+    existing = await session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+    if existing is not None:
         return existing
+    # ON CONFLICT rather than a savepoint: another transaction may insert the same key between our
+    # check and insert, and a SAVEPOINT on SQLite (pysqlite's deferred BEGIN) can commit the caller's
+    # transaction early.
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    await session.execute(
+        insert(Job).values(**values).on_conflict_do_nothing(index_elements=[Job.idempotency_key])
+    )
+    job = await session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+    assert job is not None
     return job
 
 

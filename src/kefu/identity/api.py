@@ -204,10 +204,11 @@ async def list_users(
 async def export_users(db: Db, principal: Principal = authorize("user", "export")) -> StreamingResponse:
     users: list = []
     after = 0
-    while batch := await service.list_users(db, service.UserFilter(), after_id=after, limit=500):
-        users.extend(batch)
-        after = batch[-1].id
+    # One transaction: a consistent snapshot, and the audit entry lands with the read.
     async with db.begin():
+        while batch := await service.list_users(db, service.UserFilter(), after_id=after, limit=500):
+            users.extend(batch)
+            after = batch[-1].id
         await audit.record(db, actor_of(principal), "user.export", object_type="user", details={"rows": len(users)})
     out = io.StringIO()
     writer = csv.writer(out)

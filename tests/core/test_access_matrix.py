@@ -1,0 +1,258 @@
+"""The access matrix is the contract: every route declares (object, action), every declaration has a row,
+and tests generated from the matrix check every (route, role) cell against the running app."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute, APIWebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route
+
+from conftest import TEST_PASSWORD, login, unique
+from kefu.app import create_app
+from kefu.core.policy import READ_ACTIONS, ROLE_COLUMNS, Authorize, access_matrix
+from kefu.settings import Settings
+
+# Framework routes that carry no dependency: the OpenAPI document (public, like /api/docs).
+FRAMEWORK_PUBLIC = {"/api/openapi.json"}
+
+
+def _authorize_of(route: APIRoute | APIWebSocketRoute) -> Authorize | None:
+    declared = getattr(route.endpoint, "__kefu_permission__", None)
+    if declared is not None:
+        return declared
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dep = stack.pop()
+        if isinstance(dep.call, Authorize):
+            return dep.call
+        stack.extend(dep.dependencies)
+    return None
+
+
+def all_routes() -> list[tuple[BaseRoute, str]]:
+    """Every route of the app with its full path, included routers flattened."""
+    app = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:", secret_key="x"))
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # FastAPI before lazily included routers: app.routes is already flat
+        return [(r, getattr(r, "path", "")) for r in app.routes]
+    return [(rc.route, rc.path) for rc in iter_route_contexts(app.routes)]
+
+
+def declared_routes() -> dict[tuple[str, str], Authorize]:
+    found: dict[tuple[str, str], Authorize] = {}
+    for route, path in all_routes():
+        if isinstance(route, APIRoute | APIWebSocketRoute):
+            auth = _authorize_of(route)
+            assert auth is not None, f"{path} declares no permission"
+            for method in getattr(route, "methods", None) or {"WS"}:
+                found[(method, path)] = auth
+    return found
+
+
+def test_every_route_declares_a_permission_with_a_matrix_row() -> None:
+    missing = []
+    for route, path in all_routes():
+        if isinstance(route, APIRoute | APIWebSocketRoute):
+            auth = _authorize_of(route)
+            if auth is None or (auth.obj, auth.action) not in access_matrix():
+                missing.append(path)
+        elif isinstance(route, Mount):
+            assert path == "/static", f"unexpected mount {path}"
+        elif isinstance(route, Route) and path not in FRAMEWORK_PUBLIC:
+            missing.append(path)
+    assert len(all_routes()) > 40
+    assert not missing, f"routes without an access-matrix row: {missing}"
+
+
+def test_every_matrix_row_is_used_by_a_route() -> None:
+    used = {(a.obj, a.action) for a in declared_routes().values()}
+    assert set(access_matrix()) - used == set(), "matrix rows no route uses (stale rules)"
+
+
+# --- generated cell tests -----------------------------------------------------------------------------
+@dataclass
+class Ctx:
+    victim_id: int
+    login_username: str  # never disabled by another cell, unlike the victim
+    team_id: int
+    skill_id: int
+    own_token_id: int | None
+
+
+Request = Callable[[Ctx], dict[str, Any]]
+
+# How to call each route with valid input. A route missing here fails test_every_route_has_an_example.
+EXAMPLES: dict[tuple[str, str], Request] = {
+    ("GET", "/healthz"): lambda c: {},
+    ("GET", "/readyz"): lambda c: {},
+    ("GET", "/metrics"): lambda c: {},
+    ("GET", "/api/docs"): lambda c: {},
+    ("GET", "/api/v1/jobs"): lambda c: {},
+    ("POST", "/api/v1/auth/login"): lambda c: {"json": {"login": c.login_username, "password": TEST_PASSWORD}},
+    ("POST", "/api/v1/auth/logout"): lambda c: {},
+    ("POST", "/api/v1/auth/password-reset"): lambda c: {"json": {"login": "nobody-" + unique()}},
+    ("POST", "/api/v1/auth/password-reset/confirm"): lambda c: {
+        "json": {"token": "not-a-token", "new_password": "a-new-long-password"}
+    },
+    ("GET", "/api/v1/me"): lambda c: {},
+    ("PATCH", "/api/v1/me"): lambda c: {"json": {"time_zone": "Asia/Shanghai"}},
+    ("POST", "/api/v1/me/password"): lambda c: {
+        "json": {"current_password": "wrong-password!", "new_password": "a-new-long-password"}
+    },
+    ("GET", "/api/v1/me/tokens"): lambda c: {},
+    ("POST", "/api/v1/me/tokens"): lambda c: {"json": {"name": "t", "scopes": ["user:read"]}},
+    ("DELETE", "/api/v1/me/tokens/{token_id}"): lambda c: {"path": {"token_id": c.own_token_id}},
+    ("GET", "/api/v1/users"): lambda c: {},
+    ("GET", "/api/v1/users/export"): lambda c: {},
+    ("POST", "/api/v1/users"): lambda c: {
+        "json": {"username": unique("n"), "display_name": "New", "roles": ["agent"]}
+    },
+    ("GET", "/api/v1/users/{user_id}"): lambda c: {"path": {"user_id": c.victim_id}},
+    ("PATCH", "/api/v1/users/{user_id}"): lambda c: {
+        "path": {"user_id": c.victim_id}, "json": {"display_name": "Renamed"}
+    },
+    ("POST", "/api/v1/users/{user_id}/disable"): lambda c: {"path": {"user_id": c.victim_id}},
+    ("PUT", "/api/v1/users/{user_id}/skills"): lambda c: {
+        "path": {"user_id": c.victim_id}, "json": {"skills": [{"skill_id": c.skill_id, "proficiency": 3}]}
+    },
+    ("GET", "/api/v1/teams"): lambda c: {},
+    ("POST", "/api/v1/teams"): lambda c: {"json": {"name": unique("team")}},
+    ("GET", "/api/v1/teams/{team_id}"): lambda c: {"path": {"team_id": c.team_id}},
+    ("PATCH", "/api/v1/teams/{team_id}"): lambda c: {"path": {"team_id": c.team_id}, "json": {"description": "d"}},
+    ("GET", "/api/v1/skills"): lambda c: {},
+    ("POST", "/api/v1/skills"): lambda c: {"json": {"name": unique("skill")}},
+    ("GET", "/api/v1/skills/{skill_id}"): lambda c: {"path": {"skill_id": c.skill_id}},
+    ("PATCH", "/api/v1/skills/{skill_id}"): lambda c: {"path": {"skill_id": c.skill_id}, "json": {"description": "d"}},
+    ("GET", "/api/v1/audit"): lambda c: {},
+    # pages
+    ("GET", "/login"): lambda c: {},
+    ("POST", "/login"): lambda c: {"data": {"login": c.login_username, "password": TEST_PASSWORD}},
+    ("POST", "/logout"): lambda c: {},
+    ("POST", "/language"): lambda c: {"data": {"locale": "en"}},
+    ("GET", "/"): lambda c: {},
+    ("GET", "/profile"): lambda c: {},
+    ("POST", "/profile"): lambda c: {"data": {"time_zone": "Asia/Shanghai"}},
+    ("GET", "/password-reset"): lambda c: {},
+    ("POST", "/password-reset"): lambda c: {"data": {"login": "nobody"}},
+    ("GET", "/password-reset/confirm"): lambda c: {},
+    ("POST", "/password-reset/confirm"): lambda c: {"data": {"token": "bad", "new_password": "a-new-long-password"}},
+    ("GET", "/admin/users"): lambda c: {},
+    ("GET", "/admin/users/new"): lambda c: {},
+    ("POST", "/admin/users"): lambda c: {
+        "data": {"username": unique("p"), "display_name": "P", "roles[]": "agent"}
+    },
+    ("GET", "/admin/users/{user_id}"): lambda c: {"path": {"user_id": c.victim_id}},
+    ("POST", "/admin/users/{user_id}"): lambda c: {
+        "path": {"user_id": c.victim_id}, "data": {"display_name": "Renamed", "roles[]": "agent"}
+    },
+    ("POST", "/admin/users/{user_id}/active"): lambda c: {"path": {"user_id": c.victim_id}, "data": {"active": "1"}},
+    ("POST", "/admin/users/{user_id}/skills"): lambda c: {
+        "path": {"user_id": c.victim_id}, "data": {f"skill_{c.skill_id}": "4", "languages": "zh-CN"}
+    },
+    ("GET", "/admin/teams"): lambda c: {},
+    ("POST", "/admin/teams"): lambda c: {"data": {"name": unique("team")}},
+    ("GET", "/admin/teams/{team_id}"): lambda c: {"path": {"team_id": c.team_id}},
+    ("POST", "/admin/teams/{team_id}"): lambda c: {"path": {"team_id": c.team_id}, "data": {"name": unique("team")}},
+    ("GET", "/admin/skills"): lambda c: {},
+    ("POST", "/admin/skills"): lambda c: {"data": {"name": unique("skill")}},
+    ("GET", "/admin/audit"): lambda c: {},
+}
+# The WebSocket route's cells are checked in tests/core/test_realtime.py against a live server.
+NOT_HTTP = {("WS", "/ws")}
+
+
+def test_every_route_has_an_example() -> None:
+    routes = set(declared_routes()) - NOT_HTTP
+    assert routes - set(EXAMPLES) == set(), "add an example request for these routes"
+    assert set(EXAMPLES) - routes == set(), "examples for routes that no longer exist"
+
+
+CASES = sorted(
+    itertools.product(sorted(set(EXAMPLES)), ROLE_COLUMNS), key=lambda case: (case[0][1], case[0][0], case[1])
+)
+
+
+@pytest.fixture(scope="module")
+async def matrix_world(app) -> AsyncIterator[dict[str, Any]]:  # noqa: ANN001
+    from conftest import Factory
+
+    make = Factory(app)
+    victim = await make.user("agent")
+    world = {
+        "make": make,
+        "victim": victim,
+        "signer": await make.user("agent"),
+        "team_id": await make.team(),
+        "skill_id": await make.skill(),
+        "users": {role: await make.user(role) for role in ROLE_COLUMNS if role != "anonymous"},
+    }
+    yield world
+    for client in world.get("clients", {}).values():
+        await client.aclose()
+
+
+async def _client_for(app, role: str, world: dict[str, Any]) -> httpx.AsyncClient:  # noqa: ANN001
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50001))
+    client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+    if role == "anonymous":
+        # The double-submit CSRF pair a browser gets from any page before signing in.
+        client.cookies.set("kefu_csrf", "anon-csrf-token-value")
+        client.headers["X-CSRF-Token"] = "anon-csrf-token-value"
+    else:
+        await login(client, world["users"][role])
+    return client
+
+
+@pytest.mark.parametrize(("route", "role"), CASES, ids=[f"{m} {p} as {r}" for (m, p), r in CASES])
+async def test_matrix_cell(app, matrix_world, route: tuple[str, str], role: str) -> None:  # noqa: ANN001
+    method, template = route
+    auth = declared_routes()[route]
+    allowed = role in access_matrix()[(auth.obj, auth.action)]
+    # Signing in costs an argon2 hash: reuse one client per role, except where the cell itself signs
+    # in or out (that would change the client's session).
+    fresh = auth.obj == "session"
+    cache = matrix_world.setdefault("clients", {})
+    if fresh:
+        client = await _client_for(app, role, matrix_world)
+    else:
+        if role not in cache:
+            cache[role] = await _client_for(app, role, matrix_world)
+        client = cache[role]
+    try:
+        own_token_id = None
+        if role != "anonymous" and template.startswith("/api/v1/me/tokens/"):
+            made = await client.post("/api/v1/me/tokens", json={"name": "mine", "scopes": ["user:read"]})
+            own_token_id = made.json()["id"] if made.status_code == 201 else 999_999
+        ctx = Ctx(
+            victim_id=matrix_world["victim"].id,
+            login_username=matrix_world["signer"].username,
+            team_id=matrix_world["team_id"],
+            skill_id=matrix_world["skill_id"],
+            own_token_id=own_token_id or 999_999,
+        )
+        example = EXAMPLES[route](ctx)
+        path = template.format(**example.get("path", {}))
+        response = await client.request(method, path, json=example.get("json"), data=example.get("data"))
+    finally:
+        if fresh:
+            await client.aclose()
+
+    status = response.status_code
+    assert status < 500, response.text
+    if allowed:
+        assert status not in (401, 403), f"{role} should be allowed: {status} {response.text[:300]}"
+        if "{" in template:
+            assert status != 404, f"{role} should see the object: {response.text[:300]}"
+    elif role == "anonymous":
+        assert status == 401, response.text[:300]
+    elif auth.by_id and auth.action in READ_ACTIONS:
+        assert status == 404, "denied by-id reads answer 404"
+    else:
+        assert status == 403, response.text[:300]
