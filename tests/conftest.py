@@ -117,14 +117,26 @@ def unique(prefix: str = "u") -> str:
 class Factory:
     app: object
 
-    async def user(self, *roles: str, password: str = TEST_PASSWORD, team_ids: tuple[int, ...] = (),
-                   email: bool = True, **kw: object) -> User:
+    async def user(
+        self,
+        *roles: str,
+        password: str = TEST_PASSWORD,
+        team_ids: tuple[int, ...] = (),
+        email: bool = True,
+        **kw: object,
+    ) -> User:
         username = unique(roles[0] if roles else "user")
         async with self.app.state.session_factory() as db, db.begin():  # type: ignore[attr-defined]
             return await service.create_user(
-                db, Actor.system("test"), username=username, display_name=f"Test {username}",
-                roles=roles or ("agent",), password=password,
-                email=f"{username}@example.test" if email else None, team_ids=team_ids, **kw,
+                db,
+                Actor.system("test"),
+                username=username,
+                display_name=f"Test {username}",
+                roles=roles or ("agent",),
+                password=password,
+                email=f"{username}@example.test" if email else None,
+                team_ids=team_ids,
+                **kw,
             )
 
     async def team(self, name: str | None = None) -> int:
@@ -193,7 +205,10 @@ def start_server(settings: Settings, *, env: dict[str, str] | None = None) -> Li
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "kefu.cli", "serve", "--port", str(port)],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -111,16 +111,16 @@ EXAMPLES: dict[tuple[str, str], Request] = {
     ("DELETE", "/api/v1/me/tokens/{token_id}"): lambda c: {"path": {"token_id": c.own_token_id}},
     ("GET", "/api/v1/users"): lambda c: {},
     ("GET", "/api/v1/users/export"): lambda c: {},
-    ("POST", "/api/v1/users"): lambda c: {
-        "json": {"username": unique("n"), "display_name": "New", "roles": ["agent"]}
-    },
+    ("POST", "/api/v1/users"): lambda c: {"json": {"username": unique("n"), "display_name": "New", "roles": ["agent"]}},
     ("GET", "/api/v1/users/{user_id}"): lambda c: {"path": {"user_id": c.victim_id}},
     ("PATCH", "/api/v1/users/{user_id}"): lambda c: {
-        "path": {"user_id": c.victim_id}, "json": {"display_name": "Renamed"}
+        "path": {"user_id": c.victim_id},
+        "json": {"display_name": "Renamed"},
     },
     ("POST", "/api/v1/users/{user_id}/disable"): lambda c: {"path": {"user_id": c.victim_id}},
     ("PUT", "/api/v1/users/{user_id}/skills"): lambda c: {
-        "path": {"user_id": c.victim_id}, "json": {"skills": [{"skill_id": c.skill_id, "proficiency": 3}]}
+        "path": {"user_id": c.victim_id},
+        "json": {"skills": [{"skill_id": c.skill_id, "proficiency": 3}]},
     },
     ("GET", "/api/v1/teams"): lambda c: {},
     ("POST", "/api/v1/teams"): lambda c: {"json": {"name": unique("team")}},
@@ -145,16 +145,16 @@ EXAMPLES: dict[tuple[str, str], Request] = {
     ("POST", "/password-reset/confirm"): lambda c: {"data": {"token": "bad", "new_password": "a-new-long-password"}},
     ("GET", "/admin/users"): lambda c: {},
     ("GET", "/admin/users/new"): lambda c: {},
-    ("POST", "/admin/users"): lambda c: {
-        "data": {"username": unique("p"), "display_name": "P", "roles[]": "agent"}
-    },
+    ("POST", "/admin/users"): lambda c: {"data": {"username": unique("p"), "display_name": "P", "roles[]": "agent"}},
     ("GET", "/admin/users/{user_id}"): lambda c: {"path": {"user_id": c.victim_id}},
     ("POST", "/admin/users/{user_id}"): lambda c: {
-        "path": {"user_id": c.victim_id}, "data": {"display_name": "Renamed", "roles[]": "agent"}
+        "path": {"user_id": c.victim_id},
+        "data": {"display_name": "Renamed", "roles[]": "agent"},
     },
     ("POST", "/admin/users/{user_id}/active"): lambda c: {"path": {"user_id": c.victim_id}, "data": {"active": "1"}},
     ("POST", "/admin/users/{user_id}/skills"): lambda c: {
-        "path": {"user_id": c.victim_id}, "data": {f"skill_{c.skill_id}": "4", "languages": "zh-CN"}
+        "path": {"user_id": c.victim_id},
+        "data": {f"skill_{c.skill_id}": "4", "languages": "zh-CN"},
     },
     ("GET", "/admin/teams"): lambda c: {},
     ("POST", "/admin/teams"): lambda c: {"data": {"name": unique("team")}},

@@ -57,6 +57,9 @@ _STATUS_CODES = {
 }
 
 
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
@@ -97,6 +100,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI's answer to a body it cannot decode at all (e.g. invalid UTF-8 in JSON).
+            is_json = "json" in request.headers.get("content-type", "")
+            return error_response(
+                request,
+                400,
+                "malformed_json" if is_json else "malformed_body",
+                "request body could not be decoded (invalid JSON or not UTF-8)",
+            )
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(request, exc.status_code, code, message, None, getattr(exc, "headers", None))

@@ -99,35 +99,34 @@ class RequestLimitsMiddleware:
             return
 
         received = 0
-        limit = self.max_body_bytes
-
-        class BodyTooLarge(Exception):
-            pass
+        refused = False
+        response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # Over the limit: answer 413 ourselves and tell the app the client went away, so
+            # nothing downstream ever sees (or half-processes) a truncated body.
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge
+                if received > self.max_body_bytes:
+                    if not response_started and not refused:
+                        refused = True
+                        status_holder["status"] = 413
+                        await self._too_large(send)
+                    return {"type": "http.disconnect"}
             return message
-
-        response_started = False
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
+            if refused:
+                return  # the 413 is already on its way; drop whatever the app answers
             if message["type"] == "http.response.start":
                 response_started = True
                 status_holder["status"] = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not response_started:
-                await self._too_large(send)
-            status_holder["status"] = 413
+        await self.app(scope, limited_receive, tracking_send)
         self._observe(scope, status_holder["status"], started)
 
     async def _too_large(self, send: Send) -> None:

@@ -15,6 +15,7 @@ from kefu.core import audit
 from kefu.core.auth import SESSION_COOKIE
 from kefu.core.errors import ApiError
 from kefu.core.policy import Principal, authorize
+from kefu.core.schemas import MAX_ID, IdParam, IdQuery
 from kefu.core.security import verify_password
 from kefu.db.session import get_db
 from kefu.identity import service
@@ -173,7 +174,7 @@ async def create_token(
 
 @router.delete("/me/tokens/{token_id}", tags=["me"])
 async def revoke_token(
-    token_id: int, db: Db, principal: Principal = authorize("api_token", "revoke", by_id=True)
+    token_id: IdParam, db: Db, principal: Principal = authorize("api_token", "revoke", by_id=True)
 ) -> ApiTokenOut:
     async with db.begin():
         token = await service.revoke_api_token(db, principal, token_id)
@@ -187,9 +188,9 @@ async def list_users(
     principal: Principal = authorize("user", "list"),
     q: Annotated[str, Query(max_length=100)] = "",
     role: RoleName | None = None,
-    team_id: int | None = None,
+    team_id: IdQuery | None = None,
     active: bool | None = None,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Limit = 50,
 ) -> Page[UserOut]:
     users = await service.list_users(
@@ -240,13 +241,13 @@ async def create_user(body: UserCreate, db: Db, principal: Principal = authorize
 
 
 @router.get("/users/{user_id}", tags=["users"])
-async def get_user(user_id: int, db: Db, principal: Principal = authorize("user", "read", by_id=True)) -> UserOut:
+async def get_user(user_id: IdParam, db: Db, principal: Principal = authorize("user", "read", by_id=True)) -> UserOut:
     return UserOut.of(await service.get_user(db, user_id))
 
 
 @router.patch("/users/{user_id}", tags=["users"])
 async def update_user(
-    user_id: int, body: UserUpdate, db: Db, principal: Principal = authorize("user", "update", by_id=True)
+    user_id: IdParam, body: UserUpdate, db: Db, principal: Principal = authorize("user", "update", by_id=True)
 ) -> UserOut:
     changes = body.model_dump(exclude_unset=True)
     active = changes.pop("is_active", None)
@@ -260,7 +261,7 @@ async def update_user(
 
 @router.post("/users/{user_id}/disable", tags=["users"])
 async def disable_user(
-    user_id: int, db: Db, principal: Principal = authorize("user", "disable", by_id=True)
+    user_id: IdParam, db: Db, principal: Principal = authorize("user", "disable", by_id=True)
 ) -> UserOut:
     async with db.begin():
         user = await service.get_user(db, user_id)
@@ -270,7 +271,10 @@ async def disable_user(
 
 @router.put("/users/{user_id}/skills", tags=["users"])
 async def set_user_skills(
-    user_id: int, body: AgentSkillsUpdate, db: Db, principal: Principal = authorize("agent_skill", "update", by_id=True)
+    user_id: IdParam,
+    body: AgentSkillsUpdate,
+    db: Db,
+    principal: Principal = authorize("agent_skill", "update", by_id=True),
 ) -> UserOut:
     async with db.begin():
         user = await service.get_user(db, user_id)
@@ -299,13 +303,13 @@ async def create_team(body: TeamCreate, db: Db, principal: Principal = authorize
 
 
 @router.get("/teams/{team_id}", tags=["teams"])
-async def get_team(team_id: int, db: Db, principal: Principal = authorize("team", "read", by_id=True)) -> TeamOut:
+async def get_team(team_id: IdParam, db: Db, principal: Principal = authorize("team", "read", by_id=True)) -> TeamOut:
     return TeamOut.of(await service.get_team(db, team_id))
 
 
 @router.patch("/teams/{team_id}", tags=["teams"])
 async def update_team(
-    team_id: int, body: TeamUpdate, db: Db, principal: Principal = authorize("team", "update", by_id=True)
+    team_id: IdParam, body: TeamUpdate, db: Db, principal: Principal = authorize("team", "update", by_id=True)
 ) -> TeamOut:
     async with db.begin():
         team = await service.get_team(db, team_id)
@@ -327,13 +331,15 @@ async def create_skill(body: SkillCreate, db: Db, principal: Principal = authori
 
 
 @router.get("/skills/{skill_id}", tags=["skills"])
-async def get_skill(skill_id: int, db: Db, principal: Principal = authorize("skill", "read", by_id=True)) -> SkillOut:
+async def get_skill(
+    skill_id: IdParam, db: Db, principal: Principal = authorize("skill", "read", by_id=True)
+) -> SkillOut:
     return SkillOut.model_validate(await service.get_skill(db, skill_id))
 
 
 @router.patch("/skills/{skill_id}", tags=["skills"])
 async def update_skill(
-    skill_id: int, body: SkillUpdate, db: Db, principal: Principal = authorize("skill", "update", by_id=True)
+    skill_id: IdParam, body: SkillUpdate, db: Db, principal: Principal = authorize("skill", "update", by_id=True)
 ) -> SkillOut:
     async with db.begin():
         skill = await service.get_skill(db, skill_id)
@@ -348,8 +354,8 @@ async def list_audit(
     principal: Principal = authorize("audit_log", "list"),
     action: Annotated[str | None, Query(max_length=64)] = None,
     object_type: Annotated[str | None, Query(max_length=64)] = None,
-    actor_user_id: int | None = None,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    actor_user_id: IdQuery | None = None,
+    before_id: IdQuery | None = None,
     limit: Limit = 50,
 ) -> list[AuditOut]:
     entries = await audit.list_entries(

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from kefu.core.schemas import (
+    DbId,
     Email,
     LanguageTag,
     Name,
@@ -73,7 +74,7 @@ class UserCreate(RequestModel):
     roles: list[RoleName] = Field(min_length=1, max_length=5)
     locale: Locale = "zh_CN"
     time_zone: TimeZone = "Asia/Shanghai"
-    team_ids: list[int] = Field(default_factory=list, max_length=100)
+    team_ids: list[DbId] = Field(default_factory=list, max_length=100)
 
 
 class UserUpdate(RequestModel):
@@ -82,7 +83,7 @@ class UserUpdate(RequestModel):
     roles: list[RoleName] | None = Field(default=None, min_length=1, max_length=5)
     locale: Locale | None = None
     time_zone: TimeZone | None = None
-    team_ids: list[int] | None = Field(default=None, max_length=100)
+    team_ids: list[DbId] | None = Field(default=None, max_length=100)
     is_active: bool | None = None
 
 
@@ -98,7 +99,7 @@ class PasswordChange(RequestModel):
 
 
 class SkillAssignment(RequestModel):
-    skill_id: int
+    skill_id: DbId
     proficiency: int = Field(ge=1, le=5)
 
 
@@ -144,8 +145,8 @@ class TeamUpdate(RequestModel):
     name: Name | None = None
     description: ShortText | None = None
     is_active: bool | None = None
-    member_ids: list[int] | None = Field(default=None, max_length=5000)
-    lead_ids: list[int] = Field(default_factory=list, max_length=100)
+    member_ids: list[DbId] | None = Field(default=None, max_length=5000)
+    lead_ids: list[DbId] = Field(default_factory=list, max_length=100)
 
 
 class SkillOut(ResponseModel):

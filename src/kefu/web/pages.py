@@ -20,6 +20,7 @@ from kefu.core.auth import CSRF_COOKIE, SESSION_COOKIE, anonymous_csrf_token, re
 from kefu.core.errors import ApiError
 from kefu.core.i18n import LANG_COOKIE, SUPPORTED_LOCALES, Translator, request_locale
 from kefu.core.policy import Principal, allows, authorize
+from kefu.core.schemas import IdParam, IdQuery
 from kefu.db.session import get_db
 from kefu.identity import service
 from kefu.identity.api import set_session_cookie
@@ -367,7 +368,7 @@ async def user_create_submit(
 @router.get("/admin/users/{user_id}")
 async def user_edit_page(
     request: Request,
-    user_id: int,
+    user_id: IdParam,
     db: AsyncSession = Depends(get_db),
     principal: Principal = authorize("user", "read", by_id=True),
 ) -> Response:
@@ -390,7 +391,7 @@ async def user_edit_page(
 @router.post("/admin/users/{user_id}")
 async def user_update_submit(
     request: Request,
-    user_id: int,
+    user_id: IdParam,
     db: AsyncSession = Depends(get_db),
     principal: Principal = authorize("user", "update", by_id=True),
 ) -> Response:
@@ -426,7 +427,7 @@ async def user_update_submit(
 @router.post("/admin/users/{user_id}/active")
 async def user_active_submit(
     request: Request,
-    user_id: int,
+    user_id: IdParam,
     db: AsyncSession = Depends(get_db),
     principal: Principal = authorize("user", "disable", by_id=True),
 ) -> Response:
@@ -440,7 +441,7 @@ async def user_active_submit(
 @router.post("/admin/users/{user_id}/skills")
 async def user_skills_submit(
     request: Request,
-    user_id: int,
+    user_id: IdParam,
     db: AsyncSession = Depends(get_db),
     principal: Principal = authorize("agent_skill", "update", by_id=True),
 ) -> Response:
@@ -507,7 +508,7 @@ async def team_create_submit(
 @router.get("/admin/teams/{team_id}")
 async def team_page(
     request: Request,
-    team_id: int,
+    team_id: IdParam,
     db: AsyncSession = Depends(get_db),
     principal: Principal = authorize("team", "read", by_id=True),
 ) -> Response:
@@ -527,7 +528,7 @@ async def team_page(
 @router.post("/admin/teams/{team_id}")
 async def team_update_submit(
     request: Request,
-    team_id: int,
+    team_id: IdParam,
     db: AsyncSession = Depends(get_db),
     principal: Principal = authorize("team", "update", by_id=True),
 ) -> Response:
@@ -598,7 +599,7 @@ async def skill_create_submit(
 @router.get("/admin/audit")
 async def audit_page(
     request: Request,
-    before_id: int | None = None,
+    before_id: IdQuery | None = None,
     db: AsyncSession = Depends(get_db),
     principal: Principal = authorize("audit_log", "list"),
 ) -> Response:
