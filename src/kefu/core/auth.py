@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from fastapi import Request
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload, lazyload, selectinload
 
 from kefu.core.errors import ApiError
 from kefu.core.policy import Principal
@@ -18,6 +19,13 @@ SESSION_COOKIE = "kefu_session"
 CSRF_COOKIE = "kefu_csrf"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
+# A principal needs roles and teams only: do not load the rest of the user on every request.
+PRINCIPAL_LOADS = (
+    selectinload(User.roles),
+    selectinload(User.memberships),
+    lazyload(User.skills),
+    lazyload(User.languages),
+)
 # Writing "last used" on every request would turn every read into a write.
 TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
 
@@ -63,7 +71,11 @@ async def _resolve(request: Request) -> Principal:
         if scheme.lower() != "bearer" or not credential.strip():
             raise ApiError(401, "unauthenticated", "use 'Authorization: Bearer <token>'")
         async with factory() as db, db.begin():
-            token = await db.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(credential.strip())))
+            token = await db.scalar(
+                select(ApiToken)
+                .where(ApiToken.token_hash == hash_token(credential.strip()))
+                .options(joinedload(ApiToken.user).options(*PRINCIPAL_LOADS))
+            )
             if (
                 token is None
                 or token.revoked_at is not None
@@ -82,6 +94,7 @@ async def _resolve(request: Request) -> Principal:
                 select(WebSession, User)
                 .join(User, User.id == WebSession.user_id)
                 .where(WebSession.id_hash == hash_token(cookie))
+                .options(*PRINCIPAL_LOADS)
             )
             found = row.first()
             if found is not None:
