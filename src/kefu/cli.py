@@ -84,6 +84,7 @@ def serve(
         workers=workers,
         proxy_headers=True,
         log_config=None,
+        access_log=False,  # kefu.access logs requests without query strings
         ws="websockets-sansio",
     )
 

@@ -30,3 +30,17 @@ async def test_metrics_for_admin_only(client, make) -> None:
     await login(client, admin)
     body = (await client.get("/metrics")).text
     assert "kefu_http_requests_total" in body
+
+
+async def test_access_log_is_json_and_never_holds_query_strings(client, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="kefu.access"):
+        await client.get("/password-reset/confirm?token=SECRET-RESET-TOKEN")
+    records = [r for r in caplog.records if r.name == "kefu.access"]
+    assert records and records[-1].path == "/password-reset/confirm"
+    from kefu.core.logging import JsonFormatter
+
+    line = JsonFormatter().format(records[-1])
+    assert "SECRET-RESET-TOKEN" not in line
+    assert '"status": 200' in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from kefu.core.policy import Principal, authorize
 from kefu.db.session import get_db
 
 router = APIRouter()
+access_log = logging.getLogger("kefu.access")
 
 REQUESTS = Counter("kefu_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -142,5 +144,13 @@ class RequestLimitsMiddleware:
         route = scope.get("route")
         # Label by route template, not raw path: ids in paths would explode the series count.
         name = getattr(route, "path", "unmatched")
+        elapsed = time.perf_counter() - started
         REQUESTS.labels(scope["method"], name, str(status)).inc()
-        LATENCY.labels(scope["method"], name).observe(time.perf_counter() - started)
+        LATENCY.labels(scope["method"], name).observe(elapsed)
+        client = scope.get("client") or ("", 0)
+        # The access log names the path only: query strings may carry tokens (password reset links).
+        access_log.info(
+            "request",
+            extra={"method": scope["method"], "path": scope.get("path", ""), "route": name, "status": status,
+                   "ms": round(elapsed * 1000, 1), "client": client[0]},
+        )
