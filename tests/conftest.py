@@ -201,6 +201,8 @@ def start_server(settings: Settings, *, env: dict[str, str] | None = None) -> Li
         "KEFU_BASE_URL": f"http://127.0.0.1:{port}",
         "KEFU_LOG_JSON": "true",
         "KEFU_LOG_LEVEL": "WARNING",
+        # The test process runs jobs itself when a test needs them; a server's worker would take them.
+        "KEFU_RUN_WORKER": "false",
         **(env or {}),
     }
     process = subprocess.Popen(

@@ -3,8 +3,8 @@
 A job enqueued together with a change commits or rolls back with it, so "send the mail" can never
 be lost after the change is saved, nor sent for a change that was rolled back. Claims are leases:
 a worker that dies leaves its jobs to be claimed again when the lease runs out. On PostgreSQL any
-number of processes claim with ``FOR UPDATE SKIP LOCKED``; SQLite has one writer at a time, so its
-claim (one UPDATE ... RETURNING) is atomic by itself.
+number of processes claim with ``FOR UPDATE SKIP LOCKED``; SQLite has one writer at a time, and the
+claiming UPDATE re-checks that each job is still due, so two claimers never take the same job.
 """
 
 from __future__ import annotations
@@ -109,9 +109,7 @@ async def enqueue(
     # check and insert, and a SAVEPOINT on SQLite (pysqlite's deferred BEGIN) can commit the caller's
     # transaction early.
     insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    await session.execute(
-        insert(Job).values(**values).on_conflict_do_nothing(index_elements=[Job.idempotency_key])
-    )
+    await session.execute(insert(Job).values(**values).on_conflict_do_nothing(index_elements=[Job.idempotency_key]))
     job = await session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
     assert job is not None
     return job
@@ -124,6 +122,19 @@ def worker_name() -> str:
 async def claim_jobs(session: AsyncSession, *, worker: str, limit: int = 10, lease_seconds: int = 300) -> list[Job]:
     """Claim due jobs (queued, or running with an expired lease) in the caller's transaction."""
     now = utcnow()
+    # A job whose worker dies on every attempt (say, it crashes the process) would otherwise be
+    # reclaimed forever: once its last attempt's lease runs out it is dead, like any failed job.
+    await session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.running, Job.locked_until < now, Job.attempts >= Job.max_attempts)
+        .values(
+            status=JobStatus.dead,
+            finished_at=now,
+            locked_until=None,
+            last_error="the lease of the last attempt expired: its worker stopped or crashed while running it",
+        )
+        .execution_options(synchronize_session=False)
+    )
     due = or_(
         and_(Job.status == JobStatus.queued, Job.run_at <= now),
         and_(Job.status == JobStatus.running, Job.locked_until < now),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import parseaddr
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,8 +50,9 @@ async def send_mail(settings: Settings, msg: EmailMessage) -> None:
 
 
 def job_message_id(job: Job, settings: Settings) -> str:
-    domain = settings.mail_from.rpartition("@")[2] or "kefu.local"
-    return make_msgid(idstring=f"job{job.id}", domain=domain)
+    """The same for every attempt of one job (``make_msgid`` is random, so it would differ)."""
+    domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "kefu.local"
+    return f"<{job.created_at:%Y%m%d%H%M%S%f}.job{job.id}@{domain}>"
 
 
 @job_handler("mail.password_reset")

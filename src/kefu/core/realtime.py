@@ -24,7 +24,7 @@ async def events_socket(websocket: WebSocket) -> None:
     origin = websocket.headers.get("origin")
     settings = websocket.app.state.settings
     if origin and origin.rstrip("/") not in _allowed_origins(websocket, settings.base_url):
-        await websocket.close(code=4403)
+        await _refuse(websocket, 4403)
         return
     try:
         principal = await resolve_principal(websocket)  # type: ignore[arg-type]
@@ -32,7 +32,7 @@ async def events_socket(websocket: WebSocket) -> None:
 
         check(principal, _subscribe.obj, _subscribe.action)
     except ApiError as exc:
-        await websocket.close(code=4401 if exc.status == 401 else 4403)
+        await _refuse(websocket, 4401 if exc.status == 401 else 4403)
         return
     bus = websocket.app.state.event_bus
     subscription = bus.subscribe()
@@ -65,6 +65,13 @@ async def events_socket(websocket: WebSocket) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
                 await task
+
+
+async def _refuse(websocket: WebSocket, code: int) -> None:
+    # Closed before accept(), the handshake fails with a bare HTTP 403 that browser code only sees as
+    # 1006; accepting first delivers the reason (4401: sign in, 4403: forbidden). Nothing is sent.
+    await websocket.accept()
+    await websocket.close(code=code)
 
 
 def _allowed_origins(websocket: WebSocket, base_url: str) -> set[str]:
