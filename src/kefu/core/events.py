@@ -202,8 +202,17 @@ class PostgresBus:
                         self._publisher = await asyncpg.connect(self._dsn)
                     await self._publisher.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, payload)
                     return
-                except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-                    self._publisher = None
+                except (
+                    OSError,
+                    asyncpg.PostgresConnectionError,
+                    asyncpg.InterfaceError,
+                    asyncpg.exceptions.InternalClientError,
+                ):
+                    # A connection killed under us may surface as any of these (the last when the
+                    # protocol is caught mid-operation): drop it, retry once on a fresh one.
+                    broken, self._publisher = self._publisher, None
+                    if broken is not None:
+                        broken.terminate()
                     if attempt == 2:
                         raise
 
