@@ -167,13 +167,21 @@ def lang_of(html: str) -> str:
     return match.group(1)
 
 
+def language_form(html: str) -> dict[str, str]:
+    """The fields of the language switch in the page header, as the page renders them."""
+    form = re.search(r'<form method="post" action="/language".*?</form>', html, re.S)
+    assert form, "the page has no language switch"
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form.group(0)))
+    return {name: value.replace("&amp;", "&") for name, value in fields.items()}
+
+
 async def switch_language(client: httpx.AsyncClient, page: str, locale: str) -> httpx.Response:
-    """Uses the switch in the page header the way a browser does: the form's token, no header."""
+    """Uses the switch in the page header the way a browser does: the form's own fields, no header."""
     shown = await client.get(page)
     assert shown.status_code == 200
-    return await client.post(
-        "/language", data={"csrf_token": csrf_of(shown.text), "locale": locale, "next": page}
-    )
+    fields = language_form(shown.text)
+    assert fields["csrf_token"] == csrf_of(shown.text)
+    return await client.post("/language", data={**fields, "locale": locale})
 
 
 async def test_pages_are_chinese_by_default(client: httpx.AsyncClient) -> None:
@@ -210,6 +218,23 @@ async def test_visitor_switches_language(client: httpx.AsyncClient) -> None:
     html = (await client.get("/password-reset")).text
     assert lang_of(html) == "zh-CN"
     assert "重置密码" in html and "发送重置链接" in html
+
+
+async def test_language_switch_returns_to_the_same_page_with_its_query(client: httpx.AsyncClient) -> None:
+    # Switching language on the sign-in page must not forget where to go after signing in, nor the
+    # token on the new-password page; the one-off "saved" notice is not repeated.
+    for page, back in (
+        ("/login?next=/admin/users", "/login?next=%2Fadmin%2Fusers"),
+        ("/password-reset/confirm?token=abc-123", "/password-reset/confirm?token=abc-123"),
+        ("/login?next=/admin/teams&saved=1", "/login?next=%2Fadmin%2Fteams"),
+    ):
+        response = await switch_language(client, page, "en")
+        assert response.status_code == 303
+        assert response.headers["location"] == back
+        html = (await client.get(back)).text
+        assert lang_of(html) == "en"
+    login_form = (await client.get("/login?next=/admin/users")).text
+    assert '<input type="hidden" name="next" value="/admin/users">' in login_form
 
 
 async def test_language_switch_needs_the_csrf_token(client: httpx.AsyncClient) -> None:

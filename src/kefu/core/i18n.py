@@ -32,6 +32,11 @@ class Translator:
     def gettext(self, message: str) -> str:
         return self._messages.get(message, message)
 
+    def format(self, message: str, **values: object) -> str:
+        """``_("Welcome, %(name)s", name=...)`` in templates: translate, then fill in the values."""
+        translated = self.gettext(message)
+        return translated % values if values else translated
+
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         return self.gettext(singular if n == 1 else plural)
 

@@ -40,8 +40,9 @@ from kefu.web import TEMPLATES_DIR
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
-templates.env.add_extension("jinja2.ext.i18n")
 templates.env.autoescape = True
+# Audit details and other JSON shown on pages keep Chinese readable (tojson still escapes < > & ').
+templates.env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
 
 TIME_ZONES = (
     "Asia/Shanghai",
@@ -79,8 +80,6 @@ def render(request: Request, name: str, principal: Principal, status_code: int =
         for path, label, obj, action in NAV
         if principal.is_authenticated and allows(principal, obj, action)
     ]
-    env = templates.env
-    env.install_gettext_callables(translator.gettext, translator.ngettext, newstyle=True)  # type: ignore[attr-defined]
     response = templates.TemplateResponse(
         request,
         name,
@@ -91,6 +90,9 @@ def render(request: Request, name: str, principal: Principal, status_code: int =
             "locale": locale,
             "html_lang": "zh-CN" if locale == "zh_CN" else "en",
             "locales": SUPPORTED_LOCALES,
+            # Per-request translation in the context, never on the shared environment: two requests in
+            # different languages can never see each other's catalogue.
+            "_": translator.format,
             **context,
         },
         status_code=status_code,
@@ -505,6 +507,13 @@ async def team_create_submit(
     )
 
 
+async def _all_users(db: AsyncSession) -> list:
+    users: list = []
+    while batch := await service.list_users(db, service.UserFilter(), after_id=users[-1].id if users else 0, limit=500):
+        users.extend(batch)
+    return users
+
+
 @router.get("/admin/teams/{team_id}")
 async def team_page(
     request: Request,
@@ -513,7 +522,9 @@ async def team_page(
     principal: Principal = authorize("team", "read", by_id=True),
 ) -> Response:
     team = await service.get_team(db, team_id)
-    users = await service.list_users(db, service.UserFilter(active=True), limit=500)
+    # Everyone, disabled users included: saving replaces the member list, so a member missing from
+    # the form would be dropped silently.
+    users = await _all_users(db)
     return render(
         request,
         "admin/team_form.html",
@@ -535,6 +546,8 @@ async def team_update_submit(
     data = await form_data(request)
     data["member_ids"] = [int(u) for u in data.get("member_ids", []) if str(u).isdigit()]
     data["lead_ids"] = [int(u) for u in data.get("lead_ids", []) if str(u).isdigit()]
+    # A lead is a member: ticking "lead" alone must not be ignored.
+    data["member_ids"] = sorted(set(data["member_ids"]) | set(data["lead_ids"]))
     data["is_active"] = data.get("is_active") == "1"
     body, errors = validate(TeamUpdate, data)
     if body is not None:
@@ -546,7 +559,9 @@ async def team_update_submit(
         except ApiError as exc:
             errors = [exc.message]
     team = await service.get_team(db, team_id)
-    users = await service.list_users(db, service.UserFilter(active=True), limit=500)
+    # Everyone, disabled users included: saving replaces the member list, so a member missing from
+    # the form would be dropped silently.
+    users = await _all_users(db)
     return render(
         request,
         "admin/team_form.html",
