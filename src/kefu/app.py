@@ -21,6 +21,7 @@ from kefu.core.policy import Principal, access_matrix, authorize
 from kefu.core.realtime import router as realtime_router
 from kefu.db.engine import make_engine, make_session_factory
 from kefu.identity.api import router as identity_router
+from kefu.knowledge.api import router as knowledge_router
 from kefu.settings import Settings, get_settings
 from kefu.web import STATIC_DIR
 from kefu.web.pages import install_pages
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(ops_router)
     app.include_router(identity_router)
+    app.include_router(knowledge_router)
     app.include_router(realtime_router)
 
     @app.get("/api/docs", include_in_schema=False)

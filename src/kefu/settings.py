@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     smtp_username: str = ""
     smtp_password: str = Field(default="", repr=False)
     mail_from: str = "kefu@localhost"
+    # Points per knowledge-contribution rule (see kefu.knowledge.points.DEFAULT_RULES), as JSON.
+    kb_points: dict[str, int] = Field(default_factory=dict)
+    # How often each process checks the index change feed (a published change is searchable
+    # everywhere within about this long).
+    kb_index_poll_seconds: float = 0.5
     log_level: str = "INFO"
     log_json: bool = True
 

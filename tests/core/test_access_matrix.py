@@ -84,6 +84,8 @@ class Ctx:
     team_id: int
     skill_id: int
     own_token_id: int | None
+    article_id: int = 0  # a public, published article; or, for ARTICLE_STATE routes, one made for the cell
+    category_id: int = 0
 
 
 Request = Callable[[Ctx], dict[str, Any]]
@@ -164,6 +166,65 @@ EXAMPLES: dict[tuple[str, str], Request] = {
     ("POST", "/admin/skills"): lambda c: {"data": {"name": unique("skill")}},
     ("GET", "/admin/audit"): lambda c: {},
 }
+KB = "/api/v1/kb/articles/{article_id}"
+ARTICLE_BODY = {"title": "矩阵测试 matrix article", "body_markdown": "内容"}
+EXAMPLES.update({
+    ("GET", "/api/v1/kb/articles"): lambda c: {},
+    ("POST", "/api/v1/kb/articles"): lambda c: {"json": ARTICLE_BODY},
+    ("GET", KB): lambda c: {"path": {"article_id": c.article_id}},
+    ("PUT", KB + "/draft"): lambda c: {"path": {"article_id": c.article_id}, "json": ARTICLE_BODY},
+    ("PATCH", KB): lambda c: {"path": {"article_id": c.article_id}, "json": {"verify_interval_days": 90}},
+    ("POST", KB + "/submit"): lambda c: {"path": {"article_id": c.article_id}, "json": {"reviewer_id": c.victim_id}},
+    ("POST", KB + "/withdraw"): lambda c: {"path": {"article_id": c.article_id}},
+    ("POST", KB + "/review"): lambda c: {"path": {"article_id": c.article_id}, "json": {"approve": True}},
+    ("POST", KB + "/publish"): lambda c: {"path": {"article_id": c.article_id}, "json": {}},
+    ("POST", KB + "/archive"): lambda c: {"path": {"article_id": c.article_id}},
+    ("POST", KB + "/unarchive"): lambda c: {"path": {"article_id": c.article_id}},
+    ("POST", KB + "/verify"): lambda c: {"path": {"article_id": c.article_id}},
+    ("GET", KB + "/versions"): lambda c: {"path": {"article_id": c.article_id}},
+    ("GET", KB + "/versions/{number}"): lambda c: {"path": {"article_id": c.article_id, "number": 1}},
+    ("GET", KB + "/diff"): lambda c: {"path": {"article_id": c.article_id}, "params": {"from": 1, "to": 1}},
+    ("POST", KB + "/versions/{number}/restore"): lambda c: {"path": {"article_id": c.article_id, "number": 1}},
+    ("GET", "/api/v1/kb/verification-due"): lambda c: {},
+    ("GET", "/api/v1/kb/reviewers"): lambda c: {},
+    ("GET", "/api/v1/kb/categories"): lambda c: {},
+    ("POST", "/api/v1/kb/categories"): lambda c: {"json": {"name": unique("cat")}},
+})
+# Routes whose row-level rules need an article in a given state, owned or reviewed by the caller.
+ARTICLE_STATE = {
+    ("PUT", KB + "/draft"): "draft",
+    ("POST", KB + "/submit"): "draft",
+    ("POST", KB + "/withdraw"): "in_review",
+    ("POST", KB + "/review"): "in_review",
+    ("POST", KB + "/publish"): "draft",
+    ("POST", KB + "/archive"): "published",
+    ("POST", KB + "/unarchive"): "published",
+    ("POST", KB + "/versions/{number}/restore"): "published",
+}
+
+
+async def article_for(app, user, state: str, reviewer) -> int:  # noqa: ANN001
+    """An article by ``user`` (when they may write; else by a knowledge manager) in ``state``."""
+    from kefu.core.policy import Principal, allows
+    from kefu.knowledge import service
+
+    def principal_of(u) -> Principal:  # noqa: ANN001
+        return Principal(user_id=u.id, username=u.username, roles=u.role_names, via="session")
+
+    author = principal_of(user) if user is not None and allows(principal_of(user), "article", "create") else \
+        principal_of(reviewer)
+    async with app.state.session_factory() as db, db.begin():
+        view = await service.create_article(db, author, service.Content(title="矩阵 " + unique()),
+                                            service.Placement(audience="public"))
+        aid = view.article.id
+        if state == "in_review":
+            may_review = user is not None and allows(principal_of(user), "article", "review")
+            await service.submit_for_review(db, author, aid, (user if may_review else reviewer).id)
+        elif state == "published":
+            await service.publish(db, principal_of(reviewer), app.state.settings, aid)
+    return aid
+
+
 # The WebSocket route's cells are checked in tests/core/test_realtime.py against a live server.
 NOT_HTTP = {("WS", "/ws")}
 
@@ -193,6 +254,8 @@ async def matrix_world(app) -> AsyncIterator[dict[str, Any]]:  # noqa: ANN001
         "skill_id": await make.skill(),
         "users": {role: await make.user(role) for role in ROLE_COLUMNS if role != "anonymous"},
     }
+    world["article_id"] = await article_for(app, world["users"]["knowledge_manager"], "published",
+                                            world["users"]["knowledge_manager"])
     yield world
     for client in world.get("clients", {}).values():
         await client.aclose()
@@ -236,10 +299,15 @@ async def test_matrix_cell(app, matrix_world, route: tuple[str, str], role: str)
             team_id=matrix_world["team_id"],
             skill_id=matrix_world["skill_id"],
             own_token_id=own_token_id or 999_999,
+            article_id=matrix_world["article_id"],
         )
+        if route in ARTICLE_STATE:
+            ctx.article_id = await article_for(app, matrix_world["users"].get(role), ARTICLE_STATE[route],
+                                               matrix_world["users"]["knowledge_manager"])
         example = EXAMPLES[route](ctx)
         path = template.format(**example.get("path", {}))
-        response = await client.request(method, path, json=example.get("json"), data=example.get("data"))
+        response = await client.request(method, path, json=example.get("json"), data=example.get("data"),
+                                        params=example.get("params"))
     finally:
         if fresh:
             await client.aclose()

@@ -3,5 +3,6 @@
 from kefu.core import audit, jobs  # noqa: F401
 from kefu.db.base import Base
 from kefu.identity import models as identity_models  # noqa: F401
+from kefu.knowledge import models as knowledge_models  # noqa: F401
 
 metadata = Base.metadata

@@ -14,6 +14,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 import kefu.db.base
+from kefu.db.migration_helpers import append_only, drop_append_only
 
 revision = "0001"
 down_revision = None
@@ -235,39 +236,11 @@ def upgrade() -> None:
     # Case-insensitive uniqueness: "Wang" and "wang" must not be two accounts.
     op.create_index("uq_users_username_lower", "users", [sa.text("lower(username)")], unique=True)
     op.create_index("uq_users_email_lower", "users", [sa.text("lower(email)")], unique=True)
-    _append_only("audit_log")
-
-
-def _append_only(table: str) -> None:
-    """Refuse UPDATE and DELETE on ``table`` in the database itself."""
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            f"""CREATE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN RAISE EXCEPTION '{table} is append-only'; END $$"""
-        )
-        op.execute(
-            f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {table}_append_only()"
-        )
-    else:
-        for verb in ("UPDATE", "DELETE"):
-            op.execute(
-                f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-            )
-
-
-def _drop_append_only(table: str) -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}")
-        op.execute(f"DROP FUNCTION IF EXISTS {table}_append_only()")
-    else:
-        for verb in ("update", "delete"):
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_{verb}")
+    append_only("audit_log")
 
 
 def downgrade() -> None:
-    _drop_append_only("audit_log")
+    drop_append_only("audit_log")
     op.drop_index("uq_users_email_lower", table_name="users")
     op.drop_index("uq_users_username_lower", table_name="users")
     with op.batch_alter_table("web_sessions", schema=None) as batch_op:
