@@ -22,6 +22,7 @@ from kefu.core.realtime import router as realtime_router
 from kefu.db.engine import make_engine, make_session_factory
 from kefu.identity.api import router as identity_router
 from kefu.knowledge.api import router as knowledge_router
+from kefu.knowledge.index import KnowledgeIndex
 from kefu.settings import Settings, get_settings
 from kefu.web import STATIC_DIR
 from kefu.web.pages import install_pages
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.event_bus.start()
+        await app.state.kb_index.start()
         worker = None
         if settings.run_worker:
             worker = Worker(app.state.session_factory, settings)
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if worker is not None:
                 await worker.stop()
+            await app.state.kb_index.stop()
             await app.state.event_bus.stop()
             await app.state.engine.dispose()
 
@@ -65,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.event_bus = make_bus(
         settings.event_backend, database_url=settings.resolved_database_url, redis_url=settings.redis_url
     )
+
+    app.state.kb_index = KnowledgeIndex(app.state.session_factory, poll_seconds=settings.kb_index_poll_seconds)
 
     install_error_handlers(app)
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)

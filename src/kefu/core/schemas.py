@@ -78,3 +78,8 @@ MAX_ID = 2**63 - 1
 DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 IdParam = Annotated[int, Path(ge=1, le=MAX_ID)]
 IdQuery = Annotated[int, Query(ge=1, le=MAX_ID)]
+
+
+def query_text(max_length: int, *, min_length: int = 0) -> object:
+    """A free-text query parameter, refused (422) with control characters or invalid Unicode."""
+    return Annotated[str, Query(min_length=min_length, max_length=max_length), AfterValidator(single_line)]

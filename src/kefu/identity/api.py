@@ -15,7 +15,7 @@ from kefu.core import audit
 from kefu.core.auth import SESSION_COOKIE
 from kefu.core.errors import ApiError
 from kefu.core.policy import Principal, authorize
-from kefu.core.schemas import MAX_ID, IdParam, IdQuery
+from kefu.core.schemas import MAX_ID, IdParam, IdQuery, query_text
 from kefu.core.security import verify_password
 from kefu.db.session import get_db
 from kefu.identity import service
@@ -186,7 +186,7 @@ async def revoke_token(
 async def list_users(
     db: Db,
     principal: Principal = authorize("user", "list"),
-    q: Annotated[str, Query(max_length=100)] = "",
+    q: query_text(100) = "",  # type: ignore[valid-type]
     role: RoleName | None = None,
     team_id: IdQuery | None = None,
     active: bool | None = None,
@@ -352,8 +352,8 @@ async def update_skill(
 async def list_audit(
     db: Db,
     principal: Principal = authorize("audit_log", "list"),
-    action: Annotated[str | None, Query(max_length=64)] = None,
-    object_type: Annotated[str | None, Query(max_length=64)] = None,
+    action: query_text(64) | None = None,  # type: ignore[valid-type]
+    object_type: query_text(64) | None = None,  # type: ignore[valid-type]
     actor_user_id: IdQuery | None = None,
     before_id: IdQuery | None = None,
     limit: Limit = 50,

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kefu.core.errors import Invalid
+from kefu.core.errors import Invalid, NotFound
 from kefu.core.policy import Principal, authorize
-from kefu.core.schemas import MAX_ID, IdParam, IdQuery
+from kefu.core.schemas import MAX_ID, DbId, IdParam, IdQuery, RequestModel, query_text, single_line
+from kefu.db.base import utcnow
 from kefu.db.session import get_db
 from kefu.identity.schemas import UserOut
 from kefu.knowledge import service
+from kefu.knowledge.index import KnowledgeIndex, log_search, search_gaps
+from kefu.knowledge.models import SearchLog
 from kefu.knowledge.schemas import (
     ArticleCreate,
     ArticleOut,
@@ -48,10 +52,10 @@ async def list_articles(
     status: Literal["published", "draft", "in_review", "approved", "archived"] | None = None,
     kind: Literal["faq", "case", "experience"] | None = None,
     audience: Literal["internal", "public"] | None = None,
-    language: Annotated[str | None, Query(max_length=16)] = None,
+    language: query_text(16) | None = None,  # type: ignore[valid-type]
     category_id: IdQuery | None = None,
     owner_id: IdQuery | None = None,
-    title: Annotated[str, Query(max_length=100)] = "",
+    title: query_text(100) = "",  # type: ignore[valid-type]
     after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ArticlePage:
@@ -261,3 +265,98 @@ async def create_category(
             db, principal, name=body.name, parent_id=body.parent_id, position=body.position
         )
     return CategoryOut.model_validate(category)
+
+
+# --- search --------------------------------------------------------------------------------------
+class SearchHitOut(BaseModel):
+    article_id: int
+    score: float
+    title_html: str = Field(description="escaped title, query terms in <mark>")
+    snippet_html: str = Field(description="escaped snippet, query terms in <mark>")
+
+
+class SearchOut(BaseModel):
+    search_id: int
+    hits: list[SearchHitOut]
+
+
+Query_ = Annotated[str, Query(min_length=1, max_length=200), AfterValidator(single_line)]
+
+
+@router.get("/search")
+async def search(
+    request: Request,
+    db: Db,
+    q: Query_,
+    principal: Principal = authorize("article", "search"),
+    category_id: IdQuery | None = None,
+    tag: Annotated[list[Annotated[str, AfterValidator(single_line)]], Query(max_length=10)] = [],  # noqa: B006 - FastAPI reads it, never mutated
+    language: query_text(16) | None = None,  # type: ignore[valid-type]
+    surface: Literal["agent", "help_centre", "api"] = "api",
+    limit: Annotated[int, Query(ge=1, le=50)] = 10,
+) -> SearchOut:
+    index: KnowledgeIndex = request.app.state.kb_index
+    hits = index.search(principal, q, category_id=category_id, tags=tuple(tag), language=language, limit=limit)
+    async with db.begin():
+        entry = await log_search(db, principal, q, hits, surface)
+    return SearchOut(
+        search_id=entry.id,
+        hits=[
+            SearchHitOut(article_id=int(h.id), score=round(h.score, 4), title_html=h.title, snippet_html=h.snippet)
+            for h in hits
+        ],
+    )
+
+
+class SearchOutcome(RequestModel):
+    article_id: DbId
+    solved: bool = False
+
+
+@router.post("/search/{search_id}/outcome", status_code=204)
+async def search_outcome(
+    search_id: IdParam, body: SearchOutcome, db: Db, principal: Principal = authorize("article", "search", by_id=True)
+) -> Response:
+    """What the searcher did with the results: opened an article, and whether it solved the question."""
+    async with db.begin():
+        entry = await db.get(SearchLog, search_id, with_for_update=True)
+        if entry is None or entry.user_id != principal.user_id:
+            raise NotFound("search")
+        entry.clicked_article_id = body.article_id
+        entry.solved = entry.solved or body.solved
+    return Response(status_code=204)
+
+
+class SuggestionOut(BaseModel):
+    text: str
+    article_id: int
+
+
+@router.get("/suggest")
+async def suggest(
+    request: Request,
+    q: Query_,
+    principal: Principal = authorize("article", "search"),
+    limit: Annotated[int, Query(ge=1, le=20)] = 8,
+) -> list[SuggestionOut]:
+    index: KnowledgeIndex = request.app.state.kb_index
+    return [SuggestionOut(text=s.text, article_id=int(s.id)) for s in index.suggest(principal, q, limit=limit)]
+
+
+class GapOut(BaseModel):
+    query: str
+    searches: int
+    no_result: int
+    unresolved: int
+    last_searched_at: datetime
+
+
+@router.get("/search-gaps")
+async def search_gap_report(
+    db: Db,
+    principal: Principal = authorize("search_report", "read"),
+    days: Annotated[int, Query(ge=1, le=365)] = 30,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[GapOut]:
+    rows = await search_gaps(db, since=utcnow() - timedelta(days=days), limit=limit)
+    return [GapOut(**vars(r)) for r in rows]

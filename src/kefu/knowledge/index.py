@@ -1,0 +1,220 @@
+"""The search index of one app process, kept equal to the database in every process.
+
+At start each process loads every live article into its in-memory ``SearchEngine``; afterwards it
+follows the ``kb_index_changes`` feed (written in the same transaction as each publish, archive or
+settings change) by id, every ``kb_index_poll_seconds``. So all processes converge within one poll
+interval, on SQLite or PostgreSQL, with no message that could be lost in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kefu.core.policy import Principal
+from kefu.db.base import utcnow
+from kefu.knowledge.content import plain_text
+from kefu.knowledge.models import Article, ArticleVersion, IndexChange, SearchLog
+from kefu.knowledge.search import Document, SearchEngine, SearchFilters, SearchHit, Suggestion
+from kefu.knowledge.service import CASE_FIELDS, is_staff
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Validity:
+    effective_from: datetime | None
+    expires_at: datetime | None
+
+    def in_force(self, now: datetime) -> bool:
+        return (self.effective_from is None or self.effective_from <= now) and (
+            self.expires_at is None or self.expires_at > now
+        )
+
+
+def document_of(article: Article, version: ArticleVersion) -> Document:
+    case_text = " ".join(str(version.case_fields.get(name, "")) for name in CASE_FIELDS)
+    return Document(
+        id=str(article.id),
+        title=version.title,
+        body=" ".join(filter(None, (plain_text(version.body_html), case_text))),
+        similar_questions=tuple(version.similar_questions),
+        category=str(article.category_id) if article.category_id else None,
+        tags=tuple(version.tags),
+        language=article.language,
+        audience=article.audience,
+        status="published",
+    )
+
+
+def normalize_query(query: str) -> str:
+    """How the gap report groups queries: width, case and spacing do not make a new query."""
+    return " ".join(unicodedata.normalize("NFKC", query).lower().split())[:500]
+
+
+class KnowledgeIndex:
+    def __init__(self, factory: async_sessionmaker[AsyncSession], *, poll_seconds: float = 0.5) -> None:
+        self.factory = factory
+        self.poll_seconds = poll_seconds
+        self.engine = SearchEngine()
+        self.validity: dict[str, Validity] = {}
+        self.last_change_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    # --- keeping up with the database -----------------------------------------------------------
+    async def _live(self, db: AsyncSession, article_ids: list[int] | None) -> list[tuple[Article, ArticleVersion]]:
+        stmt = (
+            select(Article, ArticleVersion)
+            .join(ArticleVersion, ArticleVersion.id == Article.published_version_id)
+            .where(Article.archived_at.is_(None))
+        )
+        if article_ids is not None:
+            stmt = stmt.where(Article.id.in_(article_ids))
+        return [(a, v) for a, v in (await db.execute(stmt)).all()]
+
+    async def rebuild(self) -> int:
+        """Load every live article. The feed position is read first, so no change can fall between."""
+        async with self.factory() as db:
+            last = await db.scalar(select(func.coalesce(func.max(IndexChange.id), 0)))
+            rows = await self._live(db, None)
+        engine = SearchEngine(self.engine.config)
+        engine.add_many(document_of(a, v) for a, v in rows)
+        self.validity = {str(a.id): Validity(a.effective_from, a.expires_at) for a, _ in rows}
+        self.engine, self.last_change_id = engine, int(last or 0)
+        return len(rows)
+
+    async def catch_up(self) -> int:
+        """Apply the feed since the last position; returns how many articles changed."""
+        async with self.factory() as db:
+            changes = (
+                await db.execute(
+                    select(IndexChange.id, IndexChange.article_id)
+                    .where(IndexChange.id > self.last_change_id)
+                    .order_by(IndexChange.id)
+                    .limit(5000)
+                )
+            ).all()
+            if not changes:
+                return 0
+            article_ids = sorted({article_id for _, article_id in changes})
+            live = {a.id: (a, v) for a, v in await self._live(db, article_ids)}
+        docs = []
+        for article_id in article_ids:
+            if article_id in live:
+                article, version = live[article_id]
+                docs.append(document_of(article, version))
+                self.validity[str(article_id)] = Validity(article.effective_from, article.expires_at)
+            else:
+                self.engine.remove(str(article_id))
+                self.validity.pop(str(article_id), None)
+        self.engine.add_many(docs)
+        self.last_change_id = changes[-1][0]
+        return len(article_ids)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                if not self.ready.is_set():
+                    await self.rebuild()
+                    self.ready.set()
+                while await self.catch_up():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - database away: keep the old index, retry
+                log.warning("knowledge index could not refresh; retrying", exc_info=True)
+            await asyncio.sleep(self.poll_seconds)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="kefu-kb-index")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), timeout=30)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # --- asking ---------------------------------------------------------------------------------
+    def _filters(
+        self, principal: Principal, *, category_id: int | None, tags: tuple[str, ...], language: str | None
+    ) -> SearchFilters:
+        # The visibility rule of the knowledge base, applied inside the index: customers get public
+        # articles only. (Drafts and archived articles are never in the index at all.)
+        audience = None if is_staff(principal) else "public"
+        return SearchFilters(
+            category=str(category_id) if category_id else None, tags=tags, language=language, audience=audience
+        )
+
+    def search(
+        self,
+        principal: Principal,
+        query: str,
+        *,
+        category_id: int | None = None,
+        tags: tuple[str, ...] = (),
+        language: str | None = None,
+        limit: int = 10,
+    ) -> list[SearchHit]:
+        filters = self._filters(principal, category_id=category_id, tags=tags, language=language)
+        now = utcnow()
+        # Ask for a few more: articles not yet or no longer in force are dropped after ranking.
+        hits = self.engine.search(query, top_k=limit + 10, filters=filters)
+        valid = [h for h in hits if self.validity.get(h.id, Validity(None, None)).in_force(now)]
+        return valid[:limit]
+
+    def suggest(self, principal: Principal, prefix: str, *, limit: int = 8) -> list[Suggestion]:
+        filters = self._filters(principal, category_id=None, tags=(), language=None)
+        return self.engine.suggest(prefix, limit=limit, filters=filters)
+
+
+async def log_search(
+    db: AsyncSession, principal: Principal, query: str, hits: list[SearchHit], surface: str
+) -> SearchLog:
+    entry = SearchLog(
+        query=query[:500],
+        normalized=normalize_query(query),
+        user_id=principal.user_id,
+        surface=surface,
+        result_count=len(hits),
+        top_score=hits[0].score if hits else None,
+        result_ids=[int(h.id) for h in hits[:20]],
+    )
+    db.add(entry)
+    await db.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class GapRow:
+    query: str
+    searches: int
+    no_result: int
+    unresolved: int  # searched, but nothing clicked or marked as solving it
+    last_searched_at: datetime
+
+
+async def search_gaps(db: AsyncSession, *, since: datetime, limit: int = 100, min_searches: int = 1) -> list[GapRow]:
+    """Queries with no or poor results, most frequent first: what the knowledge base is missing."""
+    no_result = func.sum(case((SearchLog.result_count == 0, 1), else_=0))
+    unresolved = func.sum(case((SearchLog.clicked_article_id.is_(None) & SearchLog.solved.is_(False), 1), else_=0))
+    stmt = (
+        select(SearchLog.normalized, func.count(), no_result, unresolved, func.max(SearchLog.created_at))
+        .where(SearchLog.created_at >= since)
+        .group_by(SearchLog.normalized)
+        .having(func.count() >= min_searches)
+        # Poor: most searches of the query ended with nothing opened and nothing marked as solving it.
+        .having(unresolved * 2 > func.count())
+        .order_by(func.count().desc(), SearchLog.normalized)
+        .limit(limit)
+    )
+    return [GapRow(q, int(n), int(z or 0), int(u or 0), last) for q, n, z, u, last in (await db.execute(stmt)).all()]
