@@ -86,6 +86,7 @@ class Ctx:
     own_token_id: int | None
     article_id: int = 0  # a public, published article; or, for ARTICLE_STATE routes, one made for the cell
     category_id: int = 0
+    search_id: int = 999_999  # the caller's own search, for routes that act on one
 
 
 Request = Callable[[Ctx], dict[str, Any]]
@@ -188,6 +189,12 @@ EXAMPLES.update({
     ("GET", "/api/v1/kb/verification-due"): lambda c: {},
     ("GET", "/api/v1/kb/reviewers"): lambda c: {},
     ("GET", "/api/v1/kb/categories"): lambda c: {},
+    ("GET", "/api/v1/kb/search"): lambda c: {"params": {"q": "信用卡"}},
+    ("POST", "/api/v1/kb/search/{search_id}/outcome"): lambda c: {
+        "path": {"search_id": c.search_id}, "json": {"article_id": c.article_id, "solved": True}
+    },
+    ("GET", "/api/v1/kb/suggest"): lambda c: {"params": {"q": "信"}},
+    ("GET", "/api/v1/kb/search-gaps"): lambda c: {},
     ("POST", "/api/v1/kb/categories"): lambda c: {"json": {"name": unique("cat")}},
 })
 # Routes whose row-level rules need an article in a given state, owned or reviewed by the caller.
@@ -301,6 +308,10 @@ async def test_matrix_cell(app, matrix_world, route: tuple[str, str], role: str)
             own_token_id=own_token_id or 999_999,
             article_id=matrix_world["article_id"],
         )
+        if "{search_id}" in template and role != "anonymous":
+            searched = await client.get("/api/v1/kb/search", params={"q": "矩阵"})
+            if searched.status_code == 200:
+                ctx.search_id = searched.json()["search_id"]
         if route in ARTICLE_STATE:
             ctx.article_id = await article_for(app, matrix_world["users"].get(role), ARTICLE_STATE[route],
                                                matrix_world["users"]["knowledge_manager"])
