@@ -69,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.event_backend, database_url=settings.resolved_database_url, redis_url=settings.redis_url
     )
 
-    app.state.kb_index = KnowledgeIndex(app.state.session_factory, poll_seconds=settings.kb_index_poll_seconds)
+    app.state.kb_index = KnowledgeIndex(
+        app.state.session_factory, poll_seconds=settings.kb_index_poll_seconds, bus=app.state.event_bus
+    )
 
     install_error_handlers(app)
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)

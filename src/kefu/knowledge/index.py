@@ -2,8 +2,9 @@
 
 At start each process loads every live article into its in-memory ``SearchEngine``; afterwards it
 follows the ``kb_index_changes`` feed (written in the same transaction as each publish, archive or
-settings change) by id, every ``kb_index_poll_seconds``. So all processes converge within one poll
-interval, on SQLite or PostgreSQL, with no message that could be lost in between.
+settings change) by id: at once when an index-change event arrives over the event bus, and every
+``kb_index_poll_seconds`` regardless. So all processes converge within one poll interval at worst,
+on SQLite or PostgreSQL, and a lost message can delay a change but never lose it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from kefu.core.events import EventBus
 from kefu.core.policy import Principal
 from kefu.db.base import utcnow
 from kefu.knowledge.content import plain_text
 from kefu.knowledge.models import Article, ArticleVersion, IndexChange, SearchLog
 from kefu.knowledge.search import Document, SearchEngine, SearchFilters, SearchHit, Suggestion
-from kefu.knowledge.service import CASE_FIELDS, is_staff
+from kefu.knowledge.service import CASE_FIELDS, INDEX_EVENT, is_staff
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,14 @@ def normalize_query(query: str) -> str:
 
 
 class KnowledgeIndex:
-    def __init__(self, factory: async_sessionmaker[AsyncSession], *, poll_seconds: float = 0.5) -> None:
+    def __init__(
+        self, factory: async_sessionmaker[AsyncSession], *, poll_seconds: float = 0.5, bus: EventBus | None = None
+    ) -> None:
         self.factory = factory
         self.poll_seconds = poll_seconds
+        self.bus = bus
+        self._wake = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
         self.engine = SearchEngine()
         self.validity: dict[str, Validity] = {}
         self.last_change_id = 0
@@ -131,18 +138,35 @@ class KnowledgeIndex:
                 raise
             except Exception:  # noqa: BLE001 - database away: keep the old index, retry
                 log.warning("knowledge index could not refresh; retrying", exc_info=True)
-            await asyncio.sleep(self.poll_seconds)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+
+    async def _listen(self) -> None:
+        """Index-change events (from this or any process) wake the follower at once."""
+        assert self.bus is not None
+        subscription = self.bus.subscribe()
+        try:
+            while True:
+                event = await subscription.get()
+                if event.type == INDEX_EVENT:
+                    self._wake.set()
+        finally:
+            subscription.close()
 
     async def start(self) -> None:
+        if self.bus is not None:
+            self._listener = asyncio.create_task(self._listen(), name="kefu-kb-index-events")
         self._task = asyncio.create_task(self._follow(), name="kefu-kb-index")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ready.wait(), timeout=30)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._listener, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # --- asking ---------------------------------------------------------------------------------
     def _filters(

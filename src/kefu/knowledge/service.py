@@ -89,6 +89,19 @@ class ArticleView:
         return self.live or self.working  # type: ignore[return-value]
 
 
+INDEX_EVENT = "kb.index_changed"
+
+
+def index_changed(db: AsyncSession, article_id: int) -> None:
+    """Record that an article's searchable content changed, in the caller's transaction.
+
+    The feed row is what every process's index follows (nothing is lost if a message is); the event,
+    sent on commit to no user, only wakes the indexes so they need not wait for their next poll.
+    """
+    db.add(IndexChange(article_id=article_id))
+    publish_on_commit(db, Event(INDEX_EVENT, {"article_id": article_id}))
+
+
 # --- visibility ----------------------------------------------------------------------------------
 def is_staff(principal: Principal) -> bool:
     return bool(principal.roles.intersection(STAFF))
@@ -550,7 +563,7 @@ async def _make_live(
     article.published_version_id = version.id
     article.last_verified_at = now
     article.updated_at = now
-    db.add(IndexChange(article_id=article.id))
+    index_changed(db, article.id)
     if announce or requires_ack:
         db.add(
             Announcement(
@@ -626,7 +639,7 @@ async def archive(db: AsyncSession, principal: Principal, article_id: int) -> Ar
     working = await _working(db, article.id)
     if working is not None:
         working.status = VersionStatus.withdrawn
-    db.add(IndexChange(article_id=article.id))
+    index_changed(db, article.id)
     await audit.record(db, actor_of(principal), "article.archived", object_type="article", object_id=article.id)
     publish_on_commit(db, Event("kb.article_archived", {"article_id": article.id}, roles=STAFF))
     await db.flush()
@@ -640,7 +653,7 @@ async def unarchive(db: AsyncSession, principal: Principal, article_id: int) -> 
     if article.archived_at is None:
         return await _view(db, principal, article)
     article.archived_at = None
-    db.add(IndexChange(article_id=article.id))
+    index_changed(db, article.id)
     await audit.record(db, actor_of(principal), "article.unarchived", object_type="article", object_id=article.id)
     await db.flush()
     return await _view(db, principal, article)
@@ -703,7 +716,7 @@ async def update_placement(db: AsyncSession, principal: Principal, article_id: i
     await _check_placement(db, merged)
     for key, value in changes.items():
         setattr(article, key, value)
-    db.add(IndexChange(article_id=article.id))
+    index_changed(db, article.id)
     await audit.record(
         db,
         actor_of(principal),
