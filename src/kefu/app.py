@@ -22,7 +22,10 @@ from kefu.core.realtime import router as realtime_router
 from kefu.db.engine import make_engine, make_session_factory
 from kefu.identity.api import router as identity_router
 from kefu.knowledge.api import router as knowledge_router
+from kefu.knowledge.board_api import router as kb_board_router
+from kefu.knowledge.feedback_api import router as kb_feedback_router
 from kefu.knowledge.index import KnowledgeIndex
+from kefu.knowledge.pages import router as knowledge_pages_router
 from kefu.settings import Settings, get_settings
 from kefu.web import STATIC_DIR
 from kefu.web.pages import install_pages
@@ -78,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(identity_router)
     app.include_router(knowledge_router)
+    app.include_router(kb_feedback_router)
+    app.include_router(kb_board_router)
     app.include_router(realtime_router)
 
     @app.get("/api/docs", include_in_schema=False)
@@ -92,5 +97,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     install_pages(app)
+    app.include_router(knowledge_pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

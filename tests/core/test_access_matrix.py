@@ -87,6 +87,9 @@ class Ctx:
     article_id: int = 0  # a public, published article; or, for ARTICLE_STATE routes, one made for the cell
     category_id: int = 0
     search_id: int = 999_999  # the caller's own search, for routes that act on one
+    thread_id: int = 999_999  # a feedback thread made for the cell (see FEEDBACK_AUTHOR)
+    announcement_id: int = 999_999  # addressed to every staff role
+    collection_id: int = 999_999  # a training collection
 
 
 Request = Callable[[Ctx], dict[str, Any]]
@@ -169,34 +172,107 @@ EXAMPLES: dict[tuple[str, str], Request] = {
 }
 KB = "/api/v1/kb/articles/{article_id}"
 ARTICLE_BODY = {"title": "矩阵测试 matrix article", "body_markdown": "内容"}
-EXAMPLES.update({
-    ("GET", "/api/v1/kb/articles"): lambda c: {},
-    ("POST", "/api/v1/kb/articles"): lambda c: {"json": ARTICLE_BODY},
-    ("GET", KB): lambda c: {"path": {"article_id": c.article_id}},
-    ("PUT", KB + "/draft"): lambda c: {"path": {"article_id": c.article_id}, "json": ARTICLE_BODY},
-    ("PATCH", KB): lambda c: {"path": {"article_id": c.article_id}, "json": {"verify_interval_days": 90}},
-    ("POST", KB + "/submit"): lambda c: {"path": {"article_id": c.article_id}, "json": {"reviewer_id": c.victim_id}},
-    ("POST", KB + "/withdraw"): lambda c: {"path": {"article_id": c.article_id}},
-    ("POST", KB + "/review"): lambda c: {"path": {"article_id": c.article_id}, "json": {"approve": True}},
-    ("POST", KB + "/publish"): lambda c: {"path": {"article_id": c.article_id}, "json": {}},
-    ("POST", KB + "/archive"): lambda c: {"path": {"article_id": c.article_id}},
-    ("POST", KB + "/unarchive"): lambda c: {"path": {"article_id": c.article_id}},
-    ("POST", KB + "/verify"): lambda c: {"path": {"article_id": c.article_id}},
-    ("GET", KB + "/versions"): lambda c: {"path": {"article_id": c.article_id}},
-    ("GET", KB + "/versions/{number}"): lambda c: {"path": {"article_id": c.article_id, "number": 1}},
-    ("GET", KB + "/diff"): lambda c: {"path": {"article_id": c.article_id}, "params": {"from": 1, "to": 1}},
-    ("POST", KB + "/versions/{number}/restore"): lambda c: {"path": {"article_id": c.article_id, "number": 1}},
-    ("GET", "/api/v1/kb/verification-due"): lambda c: {},
-    ("GET", "/api/v1/kb/reviewers"): lambda c: {},
-    ("GET", "/api/v1/kb/categories"): lambda c: {},
-    ("GET", "/api/v1/kb/search"): lambda c: {"params": {"q": "信用卡"}},
-    ("POST", "/api/v1/kb/search/{search_id}/outcome"): lambda c: {
-        "path": {"search_id": c.search_id}, "json": {"article_id": c.article_id, "solved": True}
-    },
-    ("GET", "/api/v1/kb/suggest"): lambda c: {"params": {"q": "信"}},
-    ("GET", "/api/v1/kb/search-gaps"): lambda c: {},
-    ("POST", "/api/v1/kb/categories"): lambda c: {"json": {"name": unique("cat")}},
-})
+EXAMPLES.update(
+    {
+        ("GET", "/api/v1/kb/articles"): lambda c: {},
+        ("POST", "/api/v1/kb/articles"): lambda c: {"json": ARTICLE_BODY},
+        ("GET", KB): lambda c: {"path": {"article_id": c.article_id}},
+        ("PUT", KB + "/draft"): lambda c: {"path": {"article_id": c.article_id}, "json": ARTICLE_BODY},
+        ("PATCH", KB): lambda c: {"path": {"article_id": c.article_id}, "json": {"verify_interval_days": 90}},
+        ("POST", KB + "/submit"): lambda c: {
+            "path": {"article_id": c.article_id},
+            "json": {"reviewer_id": c.victim_id},
+        },
+        ("POST", KB + "/withdraw"): lambda c: {"path": {"article_id": c.article_id}},
+        ("POST", KB + "/review"): lambda c: {"path": {"article_id": c.article_id}, "json": {"approve": True}},
+        ("POST", KB + "/publish"): lambda c: {"path": {"article_id": c.article_id}, "json": {}},
+        ("POST", KB + "/archive"): lambda c: {"path": {"article_id": c.article_id}},
+        ("POST", KB + "/unarchive"): lambda c: {"path": {"article_id": c.article_id}},
+        ("POST", KB + "/verify"): lambda c: {"path": {"article_id": c.article_id}},
+        ("GET", KB + "/versions"): lambda c: {"path": {"article_id": c.article_id}},
+        ("GET", KB + "/versions/{number}"): lambda c: {"path": {"article_id": c.article_id, "number": 1}},
+        ("GET", KB + "/diff"): lambda c: {"path": {"article_id": c.article_id}, "params": {"from": 1, "to": 1}},
+        ("POST", KB + "/versions/{number}/restore"): lambda c: {"path": {"article_id": c.article_id, "number": 1}},
+        ("GET", "/api/v1/kb/verification-due"): lambda c: {},
+        ("GET", "/api/v1/kb/reviewers"): lambda c: {},
+        ("GET", "/api/v1/kb/categories"): lambda c: {},
+        ("GET", "/api/v1/kb/search"): lambda c: {"params": {"q": "信用卡"}},
+        ("POST", "/api/v1/kb/search/{search_id}/outcome"): lambda c: {
+            "path": {"search_id": c.search_id},
+            "json": {"article_id": c.article_id, "solved": True},
+        },
+        ("GET", "/api/v1/kb/suggest"): lambda c: {"params": {"q": "信"}},
+        ("GET", "/api/v1/kb/search-gaps"): lambda c: {},
+        ("POST", "/api/v1/kb/categories"): lambda c: {"json": {"name": unique("cat")}},
+    }
+)
+FB = "/api/v1/kb/feedback/{thread_id}"
+ANN = "/api/v1/kb/announcements/{announcement_id}"
+TRAINING = "/api/v1/kb/training/{collection_id}"
+EXAMPLES.update(
+    {
+        ("POST", KB + "/feedback"): lambda c: {
+            "path": {"article_id": c.article_id},
+            "json": {"kind": "question", "subject": "矩阵反馈", "body": "问题"},
+        },
+        ("GET", "/api/v1/kb/feedback"): lambda c: {"params": {"status": "open"}},
+        ("GET", FB): lambda c: {"path": {"thread_id": c.thread_id}},
+        ("POST", FB + "/replies"): lambda c: {"path": {"thread_id": c.thread_id}, "json": {"body": "回复"}},
+        ("POST", FB + "/accept"): lambda c: {"path": {"thread_id": c.thread_id}, "json": {"reason": "采纳"}},
+        ("POST", FB + "/reject"): lambda c: {"path": {"thread_id": c.thread_id}, "json": {"reason": "不采纳"}},
+        ("GET", "/api/v1/kb/board"): lambda c: {"params": {"since_days": 7}},
+        ("POST", "/api/v1/kb/announcements"): lambda c: {"json": {"title": "矩阵公告", "requires_ack": True}},
+        ("POST", ANN + "/ack"): lambda c: {"path": {"announcement_id": c.announcement_id}},
+        ("GET", ANN + "/unread"): lambda c: {"path": {"announcement_id": c.announcement_id}},
+        ("GET", "/api/v1/kb/points/leaderboard"): lambda c: {"params": {"period": "week"}},
+        ("GET", "/api/v1/kb/points/me"): lambda c: {},
+        ("GET", "/api/v1/kb/training"): lambda c: {},
+        ("POST", "/api/v1/kb/training"): lambda c: {"json": {"name": unique("培训")}},
+        ("GET", TRAINING): lambda c: {"path": {"collection_id": c.collection_id}},
+        ("PATCH", TRAINING): lambda c: {"path": {"collection_id": c.collection_id}, "json": {"description": "d"}},
+        ("PUT", TRAINING + "/items"): lambda c: {
+            "path": {"collection_id": c.collection_id},
+            "json": {"article_ids": []},
+        },
+    }
+)
+# Feedback routes act on a thread made for the cell: read/reply on one the caller wrote (only participants
+# see a thread); accept/reject on one another agent (the signer) wrote, as nobody earns points accepting
+# their own. Roles that may not give feedback get the signer's thread (they are denied before lookup).
+FEEDBACK_AUTHOR = {
+    ("GET", FB): "caller",
+    ("POST", FB + "/replies"): "caller",
+    ("POST", FB + "/accept"): "signer",
+    ("POST", FB + "/reject"): "signer",
+}
+
+
+async def thread_for(app, author, article_id: int) -> int:  # noqa: ANN001
+    from kefu.core.policy import Principal
+    from kefu.knowledge import feedback
+
+    principal = Principal(user_id=author.id, username=author.username, roles=author.role_names, via="session")
+    async with app.state.session_factory() as db, db.begin():
+        view = await feedback.open_thread(
+            db, principal, app.state.settings, article_id, "suggestion", "矩阵 " + unique(), "建议"
+        )
+    return view.thread.id
+
+
+async def kb_board_world(app, world) -> None:  # noqa: ANN001
+    """An announcement to every staff role and a training collection, made by the knowledge manager."""
+    from kefu.core.policy import Principal
+    from kefu.knowledge import board
+
+    km = world["users"]["knowledge_manager"]
+    principal = Principal(user_id=km.id, username=km.username, roles=km.role_names, via="session")
+    async with app.state.session_factory() as db, db.begin():
+        world["announcement_id"] = (
+            await board.create_announcement(db, principal, title="矩阵公告", requires_ack=True)
+        ).id
+        world["collection_id"] = (await board.create_collection(db, principal, name=unique("矩阵培训"))).collection.id
+
+
 # Routes whose row-level rules need an article in a given state, owned or reviewed by the caller.
 ARTICLE_STATE = {
     ("PUT", KB + "/draft"): "draft",
@@ -218,11 +294,15 @@ async def article_for(app, user, state: str, reviewer) -> int:  # noqa: ANN001
     def principal_of(u) -> Principal:  # noqa: ANN001
         return Principal(user_id=u.id, username=u.username, roles=u.role_names, via="session")
 
-    author = principal_of(user) if user is not None and allows(principal_of(user), "article", "create") else \
-        principal_of(reviewer)
+    author = (
+        principal_of(user)
+        if user is not None and allows(principal_of(user), "article", "create")
+        else principal_of(reviewer)
+    )
     async with app.state.session_factory() as db, db.begin():
-        view = await service.create_article(db, author, service.Content(title="矩阵 " + unique()),
-                                            service.Placement(audience="public"))
+        view = await service.create_article(
+            db, author, service.Content(title="矩阵 " + unique()), service.Placement(audience="public")
+        )
         aid = view.article.id
         if state == "in_review":
             may_review = user is not None and allows(principal_of(user), "article", "review")
@@ -261,8 +341,10 @@ async def matrix_world(app) -> AsyncIterator[dict[str, Any]]:  # noqa: ANN001
         "skill_id": await make.skill(),
         "users": {role: await make.user(role) for role in ROLE_COLUMNS if role != "anonymous"},
     }
-    world["article_id"] = await article_for(app, world["users"]["knowledge_manager"], "published",
-                                            world["users"]["knowledge_manager"])
+    world["article_id"] = await article_for(
+        app, world["users"]["knowledge_manager"], "published", world["users"]["knowledge_manager"]
+    )
+    await kb_board_world(app, world)
     yield world
     for client in world.get("clients", {}).values():
         await client.aclose()
@@ -308,17 +390,25 @@ async def test_matrix_cell(app, matrix_world, route: tuple[str, str], role: str)
             own_token_id=own_token_id or 999_999,
             article_id=matrix_world["article_id"],
         )
+        ctx.announcement_id = matrix_world["announcement_id"]
+        ctx.collection_id = matrix_world["collection_id"]
+        if route in FEEDBACK_AUTHOR:
+            caller = matrix_world["users"].get(role)
+            writes = FEEDBACK_AUTHOR[route] == "caller" and role not in ("anonymous", "customer")
+            ctx.thread_id = await thread_for(app, caller if writes else matrix_world["signer"], ctx.article_id)
         if "{search_id}" in template and role != "anonymous":
             searched = await client.get("/api/v1/kb/search", params={"q": "矩阵"})
             if searched.status_code == 200:
                 ctx.search_id = searched.json()["search_id"]
         if route in ARTICLE_STATE:
-            ctx.article_id = await article_for(app, matrix_world["users"].get(role), ARTICLE_STATE[route],
-                                               matrix_world["users"]["knowledge_manager"])
+            ctx.article_id = await article_for(
+                app, matrix_world["users"].get(role), ARTICLE_STATE[route], matrix_world["users"]["knowledge_manager"]
+            )
         example = EXAMPLES[route](ctx)
         path = template.format(**example.get("path", {}))
-        response = await client.request(method, path, json=example.get("json"), data=example.get("data"),
-                                        params=example.get("params"))
+        response = await client.request(
+            method, path, json=example.get("json"), data=example.get("data"), params=example.get("params")
+        )
     finally:
         if fresh:
             await client.aclose()

@@ -62,6 +62,7 @@ TIME_ZONES = (
 NAV = (
     # (path, label, object, action): an entry shows only to those the matrix lets in.
     ("/", "Home", "dashboard", "read"),
+    ("/kb", "Knowledge", "article", "create"),  # the staff knowledge desk (customers get the help centre)
     ("/admin/users", "Users", "user", "list"),
     ("/admin/teams", "Teams", "team", "list"),
     ("/admin/skills", "Skills", "skill", "list"),
