@@ -73,7 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     app.state.kb_index = KnowledgeIndex(
-        app.state.session_factory, poll_seconds=settings.kb_index_poll_seconds, bus=app.state.event_bus
+        app.state.session_factory,
+        poll_seconds=settings.kb_index_poll_seconds,
+        bus=app.state.event_bus,
+        retrain_seconds=settings.kb_reranker_retrain_seconds,
     )
 
     install_error_handlers(app)

@@ -63,11 +63,20 @@ def normalize_query(query: str) -> str:
 
 class KnowledgeIndex:
     def __init__(
-        self, factory: async_sessionmaker[AsyncSession], *, poll_seconds: float = 0.5, bus: EventBus | None = None
+        self,
+        factory: async_sessionmaker[AsyncSession],
+        *,
+        poll_seconds: float = 0.5,
+        bus: EventBus | None = None,
+        retrain_seconds: float = 1800,
     ) -> None:
         self.factory = factory
         self.poll_seconds = poll_seconds
         self.bus = bus
+        self.retrain_seconds = retrain_seconds
+        self._trained_at: float | None = None
+        self._changes_since_training = 0
+        self._training: asyncio.Task[bool] | None = None
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self.engine = SearchEngine()
@@ -132,8 +141,9 @@ class KnowledgeIndex:
                 if not self.ready.is_set():
                     await self.rebuild()
                     self.ready.set()
-                while await self.catch_up():
-                    pass
+                while changed := await self.catch_up():
+                    self._changes_since_training += changed
+                self._maybe_retrain()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - database away: keep the old index, retry
@@ -141,6 +151,21 @@ class KnowledgeIndex:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+
+    def _maybe_retrain(self) -> None:
+        """Retrain the question re-ranker in a thread: after the first load, then at most every
+        ``retrain_seconds`` when articles changed. It learns from the similar questions (the resolved
+        question -> article links), so new links reach the ranking without a restart."""
+        if self._training is not None and not self._training.done():
+            return
+        now = asyncio.get_running_loop().time()
+        due = self._trained_at is None or (
+            self._changes_since_training and now - self._trained_at >= self.retrain_seconds
+        )
+        if not due:
+            return
+        self._trained_at, self._changes_since_training = now, 0
+        self._training = asyncio.create_task(asyncio.to_thread(self.engine.train_reranker))
 
     async def _listen(self) -> None:
         """Index-change events (from this or any process) wake the follower at once."""
@@ -162,7 +187,7 @@ class KnowledgeIndex:
             await asyncio.wait_for(self.ready.wait(), timeout=30)
 
     async def stop(self) -> None:
-        for task in (self._listener, self._task):
+        for task in (self._listener, self._task, self._training):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

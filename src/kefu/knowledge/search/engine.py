@@ -91,6 +91,10 @@ class SearchConfig:
     grams_weight: float = 1.0
     rerank_depth: int = 50
     classifier_weight: float = 2.0
+    # An article no query word matched enters the results on the classifier's word alone only when
+    # it is this sure: otherwise every query, even one the knowledge base cannot answer, would show
+    # "results" (and the search-gap report would never see it).
+    classifier_min_probability: float = 0.3
     classifier_l2: float = 3e-6
     classifier_max_iter: int = 200
     classifier_max_params: int = 30_000_000
@@ -537,7 +541,7 @@ class SearchEngine:
             slots = np.array([self._slot_of[d] for d, _ in predicted])
             passing = self._filter(slots, filters)
             for (doc_id, p), ok in zip(predicted, passing, strict=True):
-                if ok:
+                if ok and (doc_id in blended or p >= self.config.classifier_min_probability):
                     blended[doc_id] = blended.get(doc_id, 0.0) + self.config.classifier_weight * p
         return sorted(blended.items(), key=lambda kv: (-kv[1], kv[0]))
 
