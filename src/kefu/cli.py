@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -214,6 +215,71 @@ def kb_eval(
         _fail(str(exc))
     json.dump(result, sys.stdout, ensure_ascii=False, indent=2)
     typer.echo()
+
+
+@kb_app.command("import")
+def kb_import(
+    path: Annotated[Path, typer.Argument(exists=True, help="a .jsonl file or a folder of .md files")],
+    as_user: Annotated[str | None, typer.Option("--as", help="import as this user (default: the first admin)")] = None,
+    draft: Annotated[bool, typer.Option("--draft", help="import every record as a draft; publish nothing")] = False,
+) -> None:
+    """Import articles, idempotent by external id. Prints a JSON report; exits 1 if any record failed."""
+    from kefu.core.errors import ApiError
+    from kefu.knowledge import transfer
+
+    settings = get_settings()
+
+    async def work(db: AsyncSession) -> transfer.ImportReport:
+        principal = await transfer.principal_for(db, as_user)
+        return await transfer.import_path(db, principal, settings, path, draft=draft)
+
+    try:
+        report = _in_transaction(work)
+    except ApiError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"{path}: {exc.strerror or exc}")
+    json.dump(report.as_dict(), sys.stdout, ensure_ascii=False, indent=2)
+    typer.echo()
+    raise typer.Exit(1 if report.errors else 0)
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    markdown = "markdown"
+
+
+@kb_app.command("export")
+def kb_export(
+    out: Annotated[Path, typer.Argument(help="a .jsonl file ('-' for stdout) or an empty folder for markdown")],
+    fmt: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.jsonl,
+    as_user: Annotated[
+        str | None, typer.Option("--as", help="export what this user sees (default: first admin)")
+    ] = None,
+) -> None:
+    """Export the live version of every article the user may see, in the import format."""
+    from kefu.core.errors import ApiError
+    from kefu.knowledge import transfer
+
+    to_stdout = str(out) == "-" and fmt is ExportFormat.jsonl
+
+    async def work(db: AsyncSession) -> int:
+        principal = await transfer.principal_for(db, as_user)
+        if fmt is ExportFormat.markdown:
+            return await transfer.export_markdown(db, principal, out)
+        if to_stdout:
+            return await transfer.export_jsonl(db, principal, sys.stdout)
+        with transfer.atomic_text_file(out) as handle:
+            return await transfer.export_jsonl(db, principal, handle)
+
+    try:
+        count = _in_transaction(work)
+    except ApiError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"{out}: {exc.strerror or exc}")
+    summary = json.dumps({"exported": count, "format": fmt.value, "out": str(out)}, ensure_ascii=False)
+    typer.echo(summary, err=to_stdout)
 
 
 if __name__ == "__main__":

@@ -286,6 +286,35 @@ ARTICLE_STATE = {
 }
 
 
+KBP = "/kb/articles/{article_id}"
+PAGE_BODY = {"title": "矩阵页面 matrix page", "body_markdown": "内容"}
+EXAMPLES.update(
+    {
+        ("GET", "/kb"): lambda c: {"params": {"q": "信用卡"}},
+        ("GET", "/kb/suggest"): lambda c: {"params": {"q": "信"}},
+        ("GET", "/kb/review"): lambda c: {},
+        ("GET", "/kb/articles/new"): lambda c: {},
+        ("POST", "/kb/articles"): lambda c: {"data": PAGE_BODY},
+        ("GET", KBP): lambda c: {"path": {"article_id": c.article_id}},
+        ("GET", KBP + "/edit"): lambda c: {"path": {"article_id": c.article_id}},
+        ("POST", KBP + "/edit"): lambda c: {"path": {"article_id": c.article_id}, "data": PAGE_BODY},
+        ("POST", KBP + "/submit"): lambda c: {
+            "path": {"article_id": c.article_id},
+            "data": {"reviewer_id": c.victim_id},
+        },
+        ("POST", KBP + "/withdraw"): lambda c: {"path": {"article_id": c.article_id}},
+        ("POST", KBP + "/review"): lambda c: {"path": {"article_id": c.article_id}, "data": {"decision": "approve"}},
+        ("POST", KBP + "/publish"): lambda c: {"path": {"article_id": c.article_id}, "data": {"when": "now"}},
+        ("POST", KBP + "/archive"): lambda c: {"path": {"article_id": c.article_id}},
+        ("POST", KBP + "/unarchive"): lambda c: {"path": {"article_id": c.article_id}},
+        ("POST", KBP + "/verify"): lambda c: {"path": {"article_id": c.article_id}},
+        ("GET", KBP + "/history"): lambda c: {"path": {"article_id": c.article_id}},
+        ("GET", KBP + "/diff"): lambda c: {"path": {"article_id": c.article_id}, "params": {"from": 1, "to": 1}},
+        ("POST", KBP + "/versions/{number}/restore"): lambda c: {"path": {"article_id": c.article_id, "number": 1}},
+    }
+)
+
+
 async def article_for(app, user, state: str, reviewer) -> int:  # noqa: ANN001
     """An article by ``user`` (when they may write; else by a knowledge manager) in ``state``."""
     from kefu.core.policy import Principal, allows
@@ -311,6 +340,20 @@ async def article_for(app, user, state: str, reviewer) -> int:  # noqa: ANN001
             await service.publish(db, principal_of(reviewer), app.state.settings, aid)
     return aid
 
+
+ARTICLE_STATE.update(
+    {
+        ("GET", KBP + "/edit"): "draft",
+        ("POST", KBP + "/edit"): "draft",
+        ("POST", KBP + "/submit"): "draft",
+        ("POST", KBP + "/withdraw"): "in_review",
+        ("POST", KBP + "/review"): "in_review",
+        ("POST", KBP + "/publish"): "draft",
+        ("POST", KBP + "/archive"): "published",
+        ("POST", KBP + "/unarchive"): "published",
+        ("POST", KBP + "/versions/{number}/restore"): "published",
+    }
+)
 
 # The WebSocket route's cells are checked in tests/core/test_realtime.py against a live server.
 NOT_HTTP = {("WS", "/ws")}

@@ -63,6 +63,7 @@ NAV = (
     # (path, label, object, action): an entry shows only to those the matrix lets in.
     ("/", "Home", "dashboard", "read"),
     ("/kb", "Knowledge", "article", "create"),  # the staff knowledge desk (customers get the help centre)
+    ("/kb/review", "Review queue", "article", "review"),
     ("/admin/users", "Users", "user", "list"),
     ("/admin/teams", "Teams", "team", "list"),
     ("/admin/skills", "Skills", "skill", "list"),
