@@ -66,8 +66,9 @@ async def _phase(base: str, token: str, seconds: float, concurrency: int, make_r
     errors = 0
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits,
-                                 timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30
+    ) as client:
 
         async def worker() -> None:
             nonlocal errors
@@ -97,10 +98,15 @@ async def _run_backend(name: str, database_url: str, data_dir: Path, seconds: fl
     env = _env(database_url, data_dir, port)
     kefu = [sys.executable, "-m", "kefu.cli"]
     subprocess.run([*kefu, "db", "upgrade"], env=env, check=True, capture_output=True)
-    subprocess.run([*kefu, "user", "create", "bench", "--role", "admin", "--password", PASSWORD], env=env,
-                   check=True, capture_output=True)
-    server = subprocess.Popen([*kefu, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*kefu, "user", "create", "bench", "--role", "admin", "--password", PASSWORD],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    server = subprocess.Popen(
+        [*kefu, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=10) as c:
@@ -112,8 +118,11 @@ async def _run_backend(name: str, database_url: str, data_dir: Path, seconds: fl
                     pass
                 await asyncio.sleep(0.1)
             login = (await c.post("/api/v1/auth/login", json={"login": "bench", "password": PASSWORD})).json()
-            made = await c.post("/api/v1/me/tokens", json={"name": "bench", "scopes": ["*"]},
-                                headers={"X-CSRF-Token": login["csrf_token"]})
+            made = await c.post(
+                "/api/v1/me/tokens",
+                json={"name": "bench", "scopes": ["*"]},
+                headers={"X-CSRF-Token": login["csrf_token"]},
+            )
             token = made.json()["token"]
             user_id = login["user"]["id"]
 
@@ -150,8 +159,9 @@ async def main() -> None:
         data_dir = Path(tempfile.mkdtemp(prefix=f"kefu-bench-{backend}-"))
         try:
             if backend == "sqlite":
-                results[backend] = await _run_backend(backend, f"sqlite+aiosqlite:///{data_dir / 'kefu.db'}",
-                                                       data_dir, args.seconds, args.concurrency)
+                results[backend] = await _run_backend(
+                    backend, f"sqlite+aiosqlite:///{data_dir / 'kefu.db'}", data_dir, args.seconds, args.concurrency
+                )
             else:
                 name = f"kefu_bench_{uuid.uuid4().hex[:8]}"
                 await _pg_admin(f'CREATE DATABASE "{name}"')

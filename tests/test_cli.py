@@ -13,7 +13,11 @@ def kefu(data_dir: Path, *args: str, input_text: str | None = None) -> subproces
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
     env["KEFU_DATA_DIR"] = str(data_dir)
     return subprocess.run(
-        [sys.executable, "-m", "kefu.cli", *args], env=env, capture_output=True, text=True, input=input_text,
+        [sys.executable, "-m", "kefu.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        input=input_text,
         timeout=120,
     )
 
@@ -28,8 +32,20 @@ def test_db_upgrade_demo_and_user_commands(tmp_path: Path) -> None:
     again = kefu(tmp_path, "demo", "load")  # idempotent
     assert "0 new users" in again.stdout
 
-    created = kefu(tmp_path, "user", "create", "li.lei", "--name", "李雷", "--role", "agent", "--role",
-                   "supervisor", "--password", "a-long-password")
+    created = kefu(
+        tmp_path,
+        "user",
+        "create",
+        "li.lei",
+        "--name",
+        "李雷",
+        "--role",
+        "agent",
+        "--role",
+        "supervisor",
+        "--password",
+        "a-long-password",
+    )
     assert created.returncode == 0, created.stderr
     listed = [json.loads(line) for line in kefu(tmp_path, "user", "list", "--json").stdout.splitlines()]
     li = next(u for u in listed if u["username"] == "li.lei")

@@ -23,6 +23,7 @@ from kefu.db.engine import make_engine, make_session_factory
 from kefu.identity.api import router as identity_router
 from kefu.knowledge.api import router as knowledge_router
 from kefu.knowledge.board_api import router as kb_board_router
+from kefu.knowledge.board_pages import router as kb_board_pages_router
 from kefu.knowledge.feedback_api import router as kb_feedback_router
 from kefu.knowledge.index import KnowledgeIndex
 from kefu.knowledge.pages import router as knowledge_pages_router
@@ -101,5 +102,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_pages(app)
     app.include_router(knowledge_pages_router)
+    app.include_router(kb_board_pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -247,6 +247,53 @@ FEEDBACK_AUTHOR = {
 }
 
 
+# Knowledge pages: feedback threads, board and announcements, points, training, search gaps
+# (kefu.knowledge.board_pages). Same rows as the REST routes doing the same thing.
+PAGE_FB = "/kb/feedback/{thread_id}"
+PAGE_ANN = "/kb/announcements/{announcement_id}"
+PAGE_TRAINING = "/kb/training/{collection_id}"
+EXAMPLES.update(
+    {
+        ("POST", "/kb/articles/{article_id}/feedback"): lambda c: {
+            "path": {"article_id": c.article_id},
+            "data": {"kind": "question", "subject": "矩阵反馈", "body": "问题"},
+        },
+        ("GET", "/kb/feedback"): lambda c: {"params": {"status": "open"}},
+        ("GET", PAGE_FB): lambda c: {"path": {"thread_id": c.thread_id}},
+        ("POST", PAGE_FB + "/reply"): lambda c: {"path": {"thread_id": c.thread_id}, "data": {"body": "回复"}},
+        ("POST", PAGE_FB + "/accept"): lambda c: {"path": {"thread_id": c.thread_id}, "data": {"reason": "采纳"}},
+        ("POST", PAGE_FB + "/reject"): lambda c: {"path": {"thread_id": c.thread_id}, "data": {"reason": "不采纳"}},
+        ("GET", "/kb/board"): lambda c: {"params": {"since_days": 7}},
+        ("POST", PAGE_ANN + "/ack"): lambda c: {"path": {"announcement_id": c.announcement_id}},
+        ("GET", "/kb/announcements/new"): lambda c: {},
+        ("POST", "/kb/announcements"): lambda c: {"data": {"title": "矩阵公告", "requires_ack": "1"}},
+        ("GET", PAGE_ANN + "/unread"): lambda c: {"path": {"announcement_id": c.announcement_id}},
+        ("GET", "/kb/points"): lambda c: {"params": {"period": "week"}},
+        ("GET", "/kb/training"): lambda c: {},
+        ("POST", "/kb/training"): lambda c: {"data": {"name": unique("培训")}},
+        ("GET", PAGE_TRAINING): lambda c: {"path": {"collection_id": c.collection_id}},
+        ("POST", PAGE_TRAINING): lambda c: {
+            "path": {"collection_id": c.collection_id},
+            "data": {"name": unique("培训"), "description": "d"},
+        },
+        ("POST", PAGE_TRAINING + "/items"): lambda c: {
+            "path": {"collection_id": c.collection_id},
+            "data": {"article_ids": ""},
+        },
+        ("GET", "/kb/gaps"): lambda c: {"params": {"days": 7}},
+    }
+)
+# After the FEEDBACK_AUTHOR dict:
+FEEDBACK_AUTHOR.update(
+    {
+        ("GET", PAGE_FB): "caller",
+        ("POST", PAGE_FB + "/reply"): "caller",
+        ("POST", PAGE_FB + "/accept"): "signer",
+        ("POST", PAGE_FB + "/reject"): "signer",
+    }
+)
+
+
 async def thread_for(app, author, article_id: int) -> int:  # noqa: ANN001
     from kefu.core.policy import Principal
     from kefu.knowledge import feedback

@@ -199,8 +199,14 @@ async def test_bad_query_and_path_parameters(admin_client) -> None:
     assert (await admin_client.get("/api/v1/users?q=%FF%FE")).status_code < 500
     assert (await admin_client.get("/api/v1/users/1%00")).status_code < 500
     # NUL and control characters in free-text query parameters: refused before any database sees them.
-    for url in ("/api/v1/users?q=a%00b", "/api/v1/audit?action=%00", "/api/v1/kb/articles?title=%00",
-                "/api/v1/kb/search?q=%00", "/api/v1/kb/articles?language=x%1b", "/api/v1/kb/search?q=a&tag=%00"):
+    for url in (
+        "/api/v1/users?q=a%00b",
+        "/api/v1/audit?action=%00",
+        "/api/v1/kb/articles?title=%00",
+        "/api/v1/kb/search?q=%00",
+        "/api/v1/kb/articles?language=x%1b",
+        "/api/v1/kb/search?q=a&tag=%00",
+    ):
         response = await admin_client.get(url)
         assert response.status_code == 422, url
         assert_error_shape(response)

@@ -84,8 +84,9 @@ async def test_readyz_follows_the_database_and_recovers(settings) -> None:
     await relay.cut()
 
 
-@pytest.mark.skipif(os.environ.get("KEFU_TEST_DATABASE_URL", "sqlite").startswith("sqlite") is False,
-                    reason="SQLite-specific")
+@pytest.mark.skipif(
+    os.environ.get("KEFU_TEST_DATABASE_URL", "sqlite").startswith("sqlite") is False, reason="SQLite-specific"
+)
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(app) -> None:
     from sqlalchemy import text
 

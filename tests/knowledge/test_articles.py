@@ -15,8 +15,14 @@ from kefu.db.base import utcnow
 
 @pytest.fixture
 async def people(app, make):  # noqa: ANN001, ANN201
-    roles = {"admin": "admin", "km": "knowledge_manager", "agent": "agent", "agent2": "agent",
-             "customer": "customer", "supervisor": "supervisor"}
+    roles = {
+        "admin": "admin",
+        "km": "knowledge_manager",
+        "agent": "agent",
+        "agent2": "agent",
+        "customer": "customer",
+        "supervisor": "supervisor",
+    }
     users = {key: await make.user(role) for key, role in roles.items()}
     clients = {}
     for key, user in users.items():
@@ -69,8 +75,10 @@ async def test_contribution_goes_through_review_to_publication(people) -> None:
     back = await c["km"].post(f"/api/v1/kb/articles/{aid}/review", json={"approve": False, "comment": "补充网点挂失"})
     assert back.json()["status"] == "draft" and back.json()["working"]["review_comment"] == "补充网点挂失"
 
-    edited = await c["agent"].put(f"/api/v1/kb/articles/{aid}/draft",
-                                  json={**ARTICLE, "body_markdown": ARTICLE["body_markdown"] + "\n\n也可到网点挂失。"})
+    edited = await c["agent"].put(
+        f"/api/v1/kb/articles/{aid}/draft",
+        json={**ARTICLE, "body_markdown": ARTICLE["body_markdown"] + "\n\n也可到网点挂失。"},
+    )
     assert edited.status_code == 200 and edited.json()["working"]["number"] == 1
     await c["agent"].post(f"/api/v1/kb/articles/{aid}/submit", json={"reviewer_id": users["km"].id})
     approved = await c["km"].post(f"/api/v1/kb/articles/{aid}/review", json={"approve": True, "comment": "好"})
@@ -93,8 +101,9 @@ async def test_editing_published_creates_next_version_while_live_stays(people) -
     _, c = people
     aid = (await c["km"].post("/api/v1/kb/articles", json=ARTICLE)).json()["id"]
     await c["km"].post(f"/api/v1/kb/articles/{aid}/publish", json={})  # publishers may skip review
-    draft = await c["km"].put(f"/api/v1/kb/articles/{aid}/draft",
-                              json={**ARTICLE, "title": "信用卡挂失流程（新）", "change_note": "新增网点"})
+    draft = await c["km"].put(
+        f"/api/v1/kb/articles/{aid}/draft", json={**ARTICLE, "title": "信用卡挂失流程（新）", "change_note": "新增网点"}
+    )
     view = draft.json()
     assert view["live"]["number"] == 1 and view["live"]["title"] == ARTICLE["title"]
     assert view["working"]["number"] == 2 and view["working"]["based_on_version"] == 1
@@ -146,8 +155,11 @@ async def test_archive_and_scheduled_publication_and_expiry(people, app) -> None
         await db.execute(update(Job).where(Job.kind == "kb.publish_scheduled").values(run_at=utcnow()))
         from kefu.knowledge.models import ArticleVersion
 
-        await db.execute(update(ArticleVersion).where(ArticleVersion.article_id == aid)
-                         .values(publish_at=utcnow() - timedelta(seconds=1)))
+        await db.execute(
+            update(ArticleVersion)
+            .where(ArticleVersion.article_id == aid)
+            .values(publish_at=utcnow() - timedelta(seconds=1))
+        )
     # A re-scheduled time no longer matches the job: nothing happens (the time in the job is stale).
     await run_due_jobs(app.state.session_factory, app.state.settings, worker="t")
     assert (await c["km"].get(f"/api/v1/kb/articles/{aid}")).json()["status"] == "approved"
@@ -157,11 +169,13 @@ async def test_archive_and_scheduled_publication_and_expiry(people, app) -> None
 
     # The normal case: the job comes due at the scheduled time and publishes.
     later = (await c["km"].post("/api/v1/kb/articles", json={**ARTICLE, "audience": "public"})).json()["id"]
-    await c["km"].post(f"/api/v1/kb/articles/{later}/publish",
-                       json={"publish_at": (utcnow() + timedelta(hours=2)).isoformat()})
+    await c["km"].post(
+        f"/api/v1/kb/articles/{later}/publish", json={"publish_at": (utcnow() + timedelta(hours=2)).isoformat()}
+    )
     async with app.state.session_factory() as db, db.begin():
-        await db.execute(update(Job).where(Job.kind == "kb.publish_scheduled", Job.status == "queued")
-                         .values(run_at=utcnow()))
+        await db.execute(
+            update(Job).where(Job.kind == "kb.publish_scheduled", Job.status == "queued").values(run_at=utcnow())
+        )
     await run_due_jobs(app.state.session_factory, app.state.settings, worker="t")
     assert (await c["customer"].get(f"/api/v1/kb/articles/{later}")).json()["live"]["number"] == 1
 
@@ -171,15 +185,20 @@ async def test_archive_and_scheduled_publication_and_expiry(people, app) -> None
     assert (await c["km"].put(f"/api/v1/kb/articles/{aid}/draft", json=ARTICLE)).status_code == 409
     assert (await c["km"].post(f"/api/v1/kb/articles/{aid}/unarchive")).json()["status"] == "published"
 
-    expired = (await c["km"].post("/api/v1/kb/articles", json={
-        **ARTICLE, "audience": "public", "expires_at": (utcnow() + timedelta(seconds=2)).isoformat()})).json()
+    expired = (
+        await c["km"].post(
+            "/api/v1/kb/articles",
+            json={**ARTICLE, "audience": "public", "expires_at": (utcnow() + timedelta(seconds=2)).isoformat()},
+        )
+    ).json()
     await c["km"].post(f"/api/v1/kb/articles/{expired['id']}/publish", json={})
     assert (await c["customer"].get(f"/api/v1/kb/articles/{expired['id']}")).status_code == 200
     async with app.state.session_factory() as db, db.begin():
         from kefu.knowledge.models import Article
 
-        await db.execute(update(Article).where(Article.id == expired["id"])
-                         .values(expires_at=utcnow() - timedelta(seconds=1)))
+        await db.execute(
+            update(Article).where(Article.id == expired["id"]).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     assert (await c["customer"].get(f"/api/v1/kb/articles/{expired['id']}")).status_code == 404
 
 
@@ -193,8 +212,9 @@ async def test_reverification_flags_overdue_articles(people, app) -> None:
     await c["km"].post(f"/api/v1/kb/articles/{aid}/publish", json={})
     assert aid not in [a["id"] for a in (await c["km"].get("/api/v1/kb/verification-due")).json()]
     async with app.state.session_factory() as db, db.begin():
-        await db.execute(update(Article).where(Article.id == aid)
-                         .values(last_verified_at=utcnow() - timedelta(days=31)))
+        await db.execute(
+            update(Article).where(Article.id == aid).values(last_verified_at=utcnow() - timedelta(days=31))
+        )
     assert aid in [a["id"] for a in (await c["km"].get("/api/v1/kb/verification-due?mine=true")).json()]
     await c["km"].post(f"/api/v1/kb/articles/{aid}/verify")
     assert aid not in [a["id"] for a in (await c["km"].get("/api/v1/kb/verification-due")).json()]
@@ -203,18 +223,36 @@ async def test_reverification_flags_overdue_articles(people, app) -> None:
 
 async def test_case_articles_and_bad_content(people) -> None:
     _, c = people
-    case = await c["km"].post("/api/v1/kb/articles", json={
-        "title": "客户重复扣费投诉处理", "kind": "case",
-        "case_fields": {"problem": "重复扣费", "analysis": "支付回调重试", "resolution": "退款", "lessons": "核对流水"}})
+    case = await c["km"].post(
+        "/api/v1/kb/articles",
+        json={
+            "title": "客户重复扣费投诉处理",
+            "kind": "case",
+            "case_fields": {
+                "problem": "重复扣费",
+                "analysis": "支付回调重试",
+                "resolution": "退款",
+                "lessons": "核对流水",
+            },
+        },
+    )
     assert case.status_code == 201 and case.json()["working"]["case_fields"]["lessons"] == "核对流水"
     not_case = await c["km"].post("/api/v1/kb/articles", json={**ARTICLE, "case_fields": {"problem": "x"}})
     assert not_case.status_code == 422
-    scripted = await c["km"].post("/api/v1/kb/articles", json={
-        **ARTICLE, "body_markdown": "<script>alert(1)</script><img src=x onerror=alert(1)>[x](javascript:alert(1))"})
+    scripted = await c["km"].post(
+        "/api/v1/kb/articles",
+        json={
+            **ARTICLE,
+            "body_markdown": "<script>alert(1)</script><img src=x onerror=alert(1)>[x](javascript:alert(1))",
+        },
+    )
     html = scripted.json()["working"]["body_html"]
     assert "<script" not in html and "onerror" not in html and 'href="javascript' not in html
-    huge = await c["km"].post("/api/v1/kb/articles", content=b'{"title": "x", "body_markdown": "' + b"x" * 10_000_000
-                              + b'"}', headers={"content-type": "application/json"})
+    huge = await c["km"].post(
+        "/api/v1/kb/articles",
+        content=b'{"title": "x", "body_markdown": "' + b"x" * 10_000_000 + b'"}',
+        headers={"content-type": "application/json"},
+    )
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
     empty_title = await c["km"].post("/api/v1/kb/articles", json={**ARTICLE, "title": "   "})
     assert empty_title.status_code == 422

@@ -178,7 +178,7 @@ def test_contribution_is_reviewed_published_and_found(
     with signed_in(browser, live_server, accounts.km_username) as page:
         page.get_by_role("navigation", name="主导航").get_by_role("link", name="知识库", exact=True).click()
         expect(page.locator("#kb-to-review")).to_contain_text(title)
-        page.get_by_role("link", name="审核队列").click()
+        page.get_by_role("navigation", name="主导航").get_by_role("link", name="审核队列").click()
         expect(page).to_have_url(re.compile(r"/kb/review$"))
         page.locator("#kb-queue-review tr", has_text=title).get_by_role("button", name="通过").click()
         expect(page).to_have_url(re.compile(r"/kb/review\?done=approved$"))

@@ -44,10 +44,16 @@ async def publish(client: httpx.AsyncClient, **article: object) -> int:
 async def test_search_respects_visibility_and_follows_changes(clients) -> None:
     km, agent, customer = clients["knowledge_manager"], clients["agent"], clients["customer"]
     word = unique("zq")  # a token no other test uses
-    public = await publish(km, title=f"如何修改绑定手机号 {word}", body_markdown="登录手机银行，进入安全中心。",
-                           similar_questions=["换手机号了怎么办"], audience="public")
-    internal = await publish(km, title=f"内部：手机号修改风控规则 {word}", body_markdown="<b>仅内部</b>",
-                             audience="internal")
+    public = await publish(
+        km,
+        title=f"如何修改绑定手机号 {word}",
+        body_markdown="登录手机银行，进入安全中心。",
+        similar_questions=["换手机号了怎么办"],
+        audience="public",
+    )
+    internal = await publish(
+        km, title=f"内部：手机号修改风控规则 {word}", body_markdown="<b>仅内部</b>", audience="internal"
+    )
     draft = (await km.post("/api/v1/kb/articles", json={"title": f"草稿 {word}"})).json()["id"]
 
     hits = (await searchable(agent, word, internal))["hits"]
@@ -62,8 +68,10 @@ async def test_search_respects_visibility_and_follows_changes(clients) -> None:
     await km.post(f"/api/v1/kb/articles/{public}/archive")
     await searchable(agent, word, public, present=False)
     # A new version is found by its new words.
-    await km.put(f"/api/v1/kb/articles/{internal}/draft",
-                 json={"title": f"内部：手机号修改风控规则 {word}", "body_markdown": "新增 人脸识别 步骤"})
+    await km.put(
+        f"/api/v1/kb/articles/{internal}/draft",
+        json={"title": f"内部：手机号修改风控规则 {word}", "body_markdown": "新增 人脸识别 步骤"},
+    )
     await km.post(f"/api/v1/kb/articles/{internal}/publish", json={})
     await searchable(agent, f"{word} 人脸识别", internal)
 
@@ -88,12 +96,14 @@ async def test_search_log_outcome_and_gap_report(clients) -> None:
     asked = f"有答案的问题 {word}"
     result = (await agent.get("/api/v1/kb/search", params={"q": asked})).json()
     assert result["hits"][0]["article_id"] == aid
-    outcome = await agent.post(f"/api/v1/kb/search/{result['search_id']}/outcome",
-                               json={"article_id": aid, "solved": True})
+    outcome = await agent.post(
+        f"/api/v1/kb/search/{result['search_id']}/outcome", json={"article_id": aid, "solved": True}
+    )
     assert outcome.status_code == 204
     # Someone else's search log is not yours to mark.
-    assert (await km.post(f"/api/v1/kb/search/{result['search_id']}/outcome",
-                          json={"article_id": aid})).status_code == 404
+    assert (
+        await km.post(f"/api/v1/kb/search/{result['search_id']}/outcome", json={"article_id": aid})
+    ).status_code == 404
     gaps = (await km.get("/api/v1/kb/search-gaps", params={"days": 1})).json()
     row = next(g for g in gaps if g["query"] == missing.lower())
     assert row["searches"] == 3 and row["no_result"] == 3
@@ -104,7 +114,9 @@ async def test_search_log_outcome_and_gap_report(clients) -> None:
 async def test_suggestions_and_bad_queries(clients) -> None:
     km, agent, customer = clients["knowledge_manager"], clients["agent"], clients["customer"]
     word = unique("sg")
-    aid = await publish(km, title=f"{word} 信用卡年费怎么减免", similar_questions=[f"{word} 年费能免吗"], audience="public")
+    aid = await publish(
+        km, title=f"{word} 信用卡年费怎么减免", similar_questions=[f"{word} 年费能免吗"], audience="public"
+    )
     await searchable(agent, word, aid)
     suggestions = (await agent.get("/api/v1/kb/suggest", params={"q": word})).json()
     assert any(s["article_id"] == aid for s in suggestions)

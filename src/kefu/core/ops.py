@@ -151,6 +151,12 @@ class RequestLimitsMiddleware:
         # The access log names the path only: query strings may carry tokens (password reset links).
         access_log.info(
             "request",
-            extra={"method": scope["method"], "path": scope.get("path", ""), "route": name, "status": status,
-                   "ms": round(elapsed * 1000, 1), "client": client[0]},
+            extra={
+                "method": scope["method"],
+                "path": scope.get("path", ""),
+                "route": name,
+                "status": status,
+                "ms": round(elapsed * 1000, 1),
+                "client": client[0],
+            },
         )

@@ -26,7 +26,7 @@ from kefu.core.schemas import IdParam, query_text, single_line
 from kefu.db.base import utcnow
 from kefu.db.session import get_db
 from kefu.identity import service as identity
-from kefu.knowledge import service
+from kefu.knowledge import board_pages, service
 from kefu.knowledge.index import KnowledgeIndex, log_search
 from kefu.knowledge.models import Article, ArticleVersion, VersionStatus
 from kefu.knowledge.schemas import ArticleCreate, DraftIn, PublishIn, ReviewIn, SubmitIn
@@ -117,7 +117,7 @@ async def _names(db: AsyncSession, ids: Iterable[int | None]) -> dict[int, str]:
 
 def _may_edit(principal: Principal, view: service.ArticleView) -> bool:
     # The service's own rule, so a button is shown exactly when the service will accept the action.
-    return service._may_edit(principal, view.article, view.working)
+    return service.may_edit(principal, view.article, view.working)
 
 
 def _may_review(principal: Principal, version: ArticleVersion | None) -> bool:
@@ -552,8 +552,7 @@ async def _article_page(
         can_verify=allows(principal, "article", "verify") and not archived and view.live is not None,
         can_history=allows(principal, "article", "history"),
         case_fields=service.CASE_FIELDS,
-        # Another page part (the feedback thread) renders into the article page here when set.
-        feedback_section=None,
+        **await board_pages.article_feedback_context(db, principal, article_id),
     )
 
 

@@ -320,7 +320,7 @@ async def _article_for_write(db: AsyncSession, principal: Principal, article_id:
     return article
 
 
-def _may_edit(principal: Principal, article: Article, version: ArticleVersion | None) -> bool:
+def may_edit(principal: Principal, article: Article, version: ArticleVersion | None) -> bool:
     if allows(principal, "article", "publish"):
         return True
     if version is not None and version.author_id == principal.user_id:
@@ -341,7 +341,7 @@ async def save_draft(
     working = await _working(db, article.id)
     if working is not None and working.status != VersionStatus.draft:
         raise Conflict(f"version {working.number} is {working.status}; withdraw it to draft before editing")
-    if not _may_edit(principal, article, working):
+    if not may_edit(principal, article, working):
         raise ApiError(403, "forbidden", "only the author, the owner or a knowledge manager may edit this article")
     if working is None:
         latest = await db.scalar(select(func.max(ArticleVersion.number)).where(ArticleVersion.article_id == article.id))
@@ -389,7 +389,7 @@ async def _working_required(db: AsyncSession, article: Article, *expected: str) 
 async def submit_for_review(db: AsyncSession, principal: Principal, article_id: int, reviewer_id: int) -> ArticleView:
     article = await _article_for_write(db, principal, article_id)
     working = await _working_required(db, article, VersionStatus.draft)
-    if not _may_edit(principal, article, working):
+    if not may_edit(principal, article, working):
         raise ApiError(403, "forbidden", "only the author or the owner may submit this draft")
     reviewer = await db.get(User, reviewer_id)
     reviewer_principal = Principal(user_id=reviewer.id, roles=reviewer.role_names, via="session") if reviewer else None
@@ -428,7 +428,7 @@ async def withdraw(db: AsyncSession, principal: Principal, article_id: int) -> A
     """Take an in-review or approved version back to draft (to edit it again)."""
     article = await _article_for_write(db, principal, article_id)
     working = await _working_required(db, article, VersionStatus.in_review, VersionStatus.approved)
-    if not _may_edit(principal, article, working):
+    if not may_edit(principal, article, working):
         raise ApiError(403, "forbidden", "only the author, the owner or a knowledge manager may withdraw it")
     working.status = VersionStatus.draft
     working.publish_at = None

@@ -64,6 +64,8 @@ NAV = (
     ("/", "Home", "dashboard", "read"),
     ("/kb", "Knowledge", "article", "create"),  # the staff knowledge desk (customers get the help centre)
     ("/kb/review", "Review queue", "article", "review"),
+    ("/kb/board", "Updates", "announcement", "list"),
+    ("/kb/feedback", "Feedback", "feedback", "list"),
     ("/admin/users", "Users", "user", "list"),
     ("/admin/teams", "Teams", "team", "list"),
     ("/admin/skills", "Skills", "skill", "list"),
