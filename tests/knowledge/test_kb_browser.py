@@ -81,7 +81,10 @@ async def accounts(app) -> Accounts:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def browser(accounts: Accounts, live_server: LiveServer) -> Iterator[sync_api.Browser]:
+def browser(
+    accounts: Accounts, published_article: tuple[int, str], live_server: LiveServer
+) -> Iterator[sync_api.Browser]:
+    # Depends on every async fixture of the module: they must run before Playwright's loop starts.
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
         try:
@@ -211,3 +214,77 @@ def test_contribution_is_reviewed_published_and_found(
         expect(page.locator("#kb-tags")).to_contain_text("挂失")
         expect(page.locator("#kb-working")).to_have_count(0)
         expect(page.locator("#kb-version")).to_have_text("版本 1")
+
+
+@pytest.fixture(scope="module")
+async def published_article(app, accounts: Accounts) -> tuple[int, str]:  # noqa: ANN001
+    """A live article by the knowledge manager, made before the browser starts."""
+    from sqlalchemy import select
+
+    from kefu.core.policy import Principal
+    from kefu.identity.models import User
+    from kefu.knowledge import service
+
+    word = unique("flow")
+    title = f"{word} 信用卡年费怎么收"
+    async with app.state.session_factory() as db, db.begin():
+        km = await db.scalar(select(User).where(User.username == accounts.km_username))
+        principal = Principal(user_id=km.id, username=km.username, roles=km.role_names, via="session")
+        view = await service.create_article(
+            db, principal, service.Content(title=title, body_markdown="年费 200 元。"), service.Placement()
+        )
+        await service.publish(db, principal, app.state.settings, view.article.id)
+    return view.article.id, word
+
+
+def test_feedback_becomes_a_published_revision_the_agent_sees_as_updated(
+    browser: sync_api.Browser, live_server: LiveServer, accounts: Accounts, published_article: tuple[int, str]
+) -> None:
+    """The issue's flow: search -> read -> feedback -> the manager accepts -> the revision is published ->
+    the agent sees it in "recently updated" and acknowledges it."""
+    article_id, word = published_article
+    subject = f"年费标准已变 {word}"
+
+    # --- the agent finds the article and suggests a correction ---------------------------------------
+    with signed_in(browser, live_server, accounts.agent_username) as page:
+        page.goto("/kb")
+        results = search_until_found(page, word, "信用卡年费怎么收")
+        results.locator(f'a[href="/kb/articles/{article_id}"]').first.click()
+        expect(page.locator("#kb-body")).to_contain_text("年费 200 元")
+        form = page.locator("#kb-feedback-form")
+        form.locator('select[name="kind"]').select_option("suggestion")
+        form.locator('input[name="subject"]').fill(subject)
+        form.locator('textarea[name="body"]').fill("<script>alert(1)</script>今年起年费改为 300 元，请更新。")
+        form.locator('button[type="submit"]').click()
+        expect(page).to_have_url(re.compile(r"/kb/feedback/\d+"))
+        expect(page.locator("main")).to_contain_text("今年起年费改为 300 元")
+        thread_path = urlsplit(page.url).path
+
+    # --- the knowledge manager accepts it, edits the opened draft and publishes with acknowledgement ----
+    with signed_in(browser, live_server, accounts.km_username) as page:
+        page.goto("/kb/feedback")
+        page.locator(f'a[href="{thread_path}"]').first.click()
+        expect(page.locator("main")).to_contain_text(subject)
+        page.locator('#kb-accept-form textarea[name="reason"]').fill("已核实")
+        page.locator('#kb-accept-form button[type="submit"]').click()
+        page.locator("#kb-draft-link").click()
+        expect(page).to_have_url(re.compile(rf"/kb/articles/{article_id}/edit"))
+        page.locator('#kb-article-form textarea[name="body_markdown"]').fill("年费 300 元（自今年起）。")
+        page.locator('#kb-article-form [type="submit"]').first.click()
+        expect(page).to_have_url(re.compile(rf"/kb/articles/{article_id}"))
+        publish = page.locator("#kb-publish-form")
+        publish.locator('input[name="announce"]').check()
+        publish.locator('input[name="requires_ack"]').check()
+        publish.locator('button[value="now"]').click()
+        expect(page.locator("#kb-body")).to_contain_text("年费 300 元")
+        expect(page.locator("#kb-version")).to_contain_text("2")
+
+    # --- the agent sees the update on the board, acknowledges it, and reads version 2 ----------------
+    with signed_in(browser, live_server, accounts.agent_username) as page:
+        page.goto("/kb/board")
+        pending = page.locator("#kb-pending")
+        expect(pending).to_contain_text("信用卡年费怎么收")
+        pending.locator(".kb-ack-form button").first.click()
+        expect(page.locator("[data-acked=true]").first).to_be_visible()
+        page.locator("#kb-board").locator(f'a[href="/kb/articles/{article_id}"]').first.click()
+        expect(page.locator("#kb-body")).to_contain_text("年费 300 元")
