@@ -62,8 +62,15 @@ class Watch:
     errors: list[str] = field(default_factory=list)
 
     def on_console(self, message: sync_api.ConsoleMessage) -> None:
-        if message.type == "error":
+        # Failed loads are judged by on_response, which knows what kind of resource failed.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
             self.errors.append(f"{message.text} ({(message.location or {}).get('url', '')})")
+
+    def on_response(self, response: sync_api.Response) -> None:
+        # Pages, scripts, styles and htmx calls must load. An image inside article content is the
+        # author's (other tests leave bodies with <img src=x> in the shared database): not a page fault.
+        if response.status >= 400 and response.request.resource_type != "image":
+            self.errors.append(f"{response.status} {response.request.resource_type} {response.url}")
 
     def assert_clean(self) -> None:
         foreign = sorted({u for u in self.requests if urlsplit(u).hostname not in LOCAL_HOSTS})
@@ -104,6 +111,7 @@ def signed_in(browser: sync_api.Browser, live_server: LiveServer, username: str)
     context.on("request", lambda request: watch.requests.append(request.url))
     page.on("websocket", lambda socket: watch.requests.append(socket.url))
     page.on("console", watch.on_console)
+    page.on("response", watch.on_response)
     page.on("pageerror", lambda error: watch.errors.append(f"uncaught: {error}"))
     try:
         page.goto("/login")
