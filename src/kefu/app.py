@@ -81,7 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     install_error_handlers(app)
-    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        # Multipart framing adds a little to the file itself.
+        upload_max_bytes=settings.kb_attachment_max_bytes + 64 * 1024,
+    )
     app.include_router(ops_router)
     app.include_router(identity_router)
     app.include_router(knowledge_router)

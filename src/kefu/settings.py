@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # How often each process checks the index change feed (a published change is searchable
     # everywhere within about this long).
     kb_index_poll_seconds: float = 0.5
+    # Largest file that may be attached to a knowledge article.
+    kb_attachment_max_bytes: int = 10 * 1024 * 1024
     # The search re-ranker learns from similar questions; retrained at most this often after changes.
     kb_reranker_retrain_seconds: float = 1800
     log_level: str = "INFO"

@@ -90,6 +90,7 @@ class Ctx:
     thread_id: int = 999_999  # a feedback thread made for the cell (see FEEDBACK_AUTHOR)
     announcement_id: int = 999_999  # addressed to every staff role
     collection_id: int = 999_999  # a training collection
+    attachment_id: int = 999_999  # a file on ``article_id``
 
 
 Request = Callable[[Ctx], dict[str, Any]]
@@ -320,6 +321,31 @@ async def kb_board_world(app, world) -> None:  # noqa: ANN001
         world["collection_id"] = (await board.create_collection(db, principal, name=unique("矩阵培训"))).collection.id
 
 
+ATT = KB + "/attachments"
+EXAMPLES.update(
+    {
+        ("GET", ATT): lambda c: {"path": {"article_id": c.article_id}},
+        ("POST", ATT): lambda c: {"path": {"article_id": c.article_id}, "files": {"file": ("a.txt", b"matrix")}},
+        ("GET", ATT + "/{attachment_id}"): lambda c: {
+            "path": {"article_id": c.article_id, "attachment_id": c.attachment_id}
+        },
+        ("DELETE", ATT + "/{attachment_id}"): lambda c: {
+            "path": {"article_id": c.article_id, "attachment_id": c.attachment_id}
+        },
+    }
+)
+
+
+async def attachment_on(app, article_id: int, km) -> int:  # noqa: ANN001
+    from kefu.core.policy import Principal
+    from kefu.knowledge import attachments
+
+    principal = Principal(user_id=km.id, username=km.username, roles=km.role_names, via="session")
+    async with app.state.session_factory() as db, db.begin():
+        made = await attachments.add(db, principal, article_id, filename="m.txt", data=b"m", max_bytes=1000)
+    return made.id
+
+
 # Routes whose row-level rules need an article in a given state, owned or reviewed by the caller.
 ARTICLE_STATE = {
     ("PUT", KB + "/draft"): "draft",
@@ -330,6 +356,8 @@ ARTICLE_STATE = {
     ("POST", KB + "/archive"): "published",
     ("POST", KB + "/unarchive"): "published",
     ("POST", KB + "/versions/{number}/restore"): "published",
+    ("POST", ATT): "draft",
+    ("DELETE", ATT + "/{attachment_id}"): "draft",
 }
 
 
@@ -435,6 +463,7 @@ async def matrix_world(app) -> AsyncIterator[dict[str, Any]]:  # noqa: ANN001
         app, world["users"]["knowledge_manager"], "published", world["users"]["knowledge_manager"]
     )
     await kb_board_world(app, world)
+    world["attachment_id"] = await attachment_on(app, world["article_id"], world["users"]["knowledge_manager"])
     yield world
     for client in world.get("clients", {}).values():
         await client.aclose()
@@ -486,6 +515,7 @@ async def test_matrix_cell(app, matrix_world, route: tuple[str, str], role: str)
             caller = matrix_world["users"].get(role)
             writes = FEEDBACK_AUTHOR[route] == "caller" and role not in ("anonymous", "customer")
             ctx.thread_id = await thread_for(app, caller if writes else matrix_world["signer"], ctx.article_id)
+        ctx.attachment_id = matrix_world["attachment_id"]
         if "{search_id}" in template and role != "anonymous":
             searched = await client.get("/api/v1/kb/search", params={"q": "矩阵"})
             if searched.status_code == 200:
@@ -494,10 +524,17 @@ async def test_matrix_cell(app, matrix_world, route: tuple[str, str], role: str)
             ctx.article_id = await article_for(
                 app, matrix_world["users"].get(role), ARTICLE_STATE[route], matrix_world["users"]["knowledge_manager"]
             )
+        if route == ("DELETE", ATT + "/{attachment_id}"):
+            ctx.attachment_id = await attachment_on(app, ctx.article_id, matrix_world["users"]["knowledge_manager"])
         example = EXAMPLES[route](ctx)
         path = template.format(**example.get("path", {}))
         response = await client.request(
-            method, path, json=example.get("json"), data=example.get("data"), params=example.get("params")
+            method,
+            path,
+            json=example.get("json"),
+            data=example.get("data"),
+            params=example.get("params"),
+            files=example.get("files"),
         )
     finally:
         if fresh:

@@ -31,6 +31,7 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 READY_TIMEOUT_SECONDS = 2.0
+UPLOAD_PATH_SUFFIX = "/attachments"
 
 
 @router.get("/healthz", tags=["ops"])
@@ -83,9 +84,16 @@ async def list_jobs(
 class RequestLimitsMiddleware:
     """Refuses bodies over the limit with 413 (by Content-Length, or while streaming) and records metrics."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, upload_max_bytes: int | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_max_bytes = upload_max_bytes or max_body_bytes
+
+    def limit_for(self, scope: Scope) -> int:
+        # File uploads (POST .../attachments) may be larger than any other request body.
+        if scope["method"] == "POST" and scope.get("path", "").endswith(UPLOAD_PATH_SUFFIX):
+            return self.upload_max_bytes
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,8 +103,9 @@ class RequestLimitsMiddleware:
         status_holder = {"status": 500}
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            await self._too_large(send)
+        limit = self.limit_for(scope)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._too_large(send, limit)
             self._observe(scope, 413, started)
             return
 
@@ -111,11 +120,11 @@ class RequestLimitsMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     if not response_started and not refused:
                         refused = True
                         status_holder["status"] = 413
-                        await self._too_large(send)
+                        await self._too_large(send, limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -131,9 +140,9 @@ class RequestLimitsMiddleware:
         await self.app(scope, limited_receive, tracking_send)
         self._observe(scope, status_holder["status"], started)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, limit: int) -> None:
         body = JSONResponse(
-            error_body("payload_too_large", f"request body is larger than {self.max_body_bytes} bytes"),
+            error_body("payload_too_large", f"request body is larger than {limit} bytes"),
             status_code=413,
         )
         await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})

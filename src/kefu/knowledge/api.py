@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response, UploadFile
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +15,7 @@ from kefu.core.schemas import MAX_ID, DbId, IdParam, IdQuery, RequestModel, quer
 from kefu.db.base import utcnow
 from kefu.db.session import get_db
 from kefu.identity.schemas import UserOut
-from kefu.knowledge import service
+from kefu.knowledge import attachments, service
 from kefu.knowledge.index import KnowledgeIndex, log_search, search_gaps
 from kefu.knowledge.models import SearchLog
 from kefu.knowledge.schemas import (
@@ -360,3 +360,61 @@ async def search_gap_report(
 ) -> list[GapOut]:
     rows = await search_gaps(db, since=utcnow() - timedelta(days=days), limit=limit)
     return [GapOut(**vars(r)) for r in rows]
+
+
+# --- attachments ---------------------------------------------------------------------------------
+class AttachmentOut(BaseModel):
+    id: int
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    created_at: datetime
+
+    model_config = {"from_attributes": True}
+
+
+@router.get("/articles/{article_id}/attachments")
+async def list_attachments(
+    article_id: IdParam, db: Db, principal: Principal = authorize("article", "read", by_id=True)
+) -> list[AttachmentOut]:
+    return [AttachmentOut.model_validate(a) for a in await attachments.list_for(db, principal, article_id)]
+
+
+@router.post("/articles/{article_id}/attachments", status_code=201)
+async def add_attachment(
+    article_id: IdParam,
+    file: UploadFile,
+    request: Request,
+    db: Db,
+    principal: Principal = authorize("article", "update", by_id=True),
+) -> AttachmentOut:
+    limit = request.app.state.settings.kb_attachment_max_bytes
+    data = await file.read(limit + 1)  # one byte more tells "too large" without reading it all
+    async with db.begin():
+        attachment = await attachments.add(
+            db, principal, article_id, filename=file.filename or "", data=data, max_bytes=limit
+        )
+    return AttachmentOut.model_validate(attachment)
+
+
+@router.get("/articles/{article_id}/attachments/{attachment_id}")
+async def download_attachment(
+    article_id: IdParam, attachment_id: IdParam, db: Db, principal: Principal = authorize("article", "read", by_id=True)
+) -> Response:
+    attachment = await attachments.get(db, principal, article_id, attachment_id, with_content=True)
+    return Response(
+        attachment.content, media_type=attachment.content_type, headers=attachments.download_headers(attachment)
+    )
+
+
+@router.delete("/articles/{article_id}/attachments/{attachment_id}", status_code=204)
+async def remove_attachment(
+    article_id: IdParam,
+    attachment_id: IdParam,
+    db: Db,
+    principal: Principal = authorize("article", "update", by_id=True),
+) -> Response:
+    async with db.begin():
+        await attachments.remove(db, principal, article_id, attachment_id)
+    return Response(status_code=204)
