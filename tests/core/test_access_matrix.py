@@ -332,6 +332,13 @@ EXAMPLES.update(
         ("DELETE", ATT + "/{attachment_id}"): lambda c: {
             "path": {"article_id": c.article_id, "attachment_id": c.attachment_id}
         },
+        ("POST", "/kb/articles/{article_id}/attachments"): lambda c: {
+            "path": {"article_id": c.article_id},
+            "files": {"file": ("p.txt", b"page")},
+        },
+        ("POST", "/kb/articles/{article_id}/attachments/{attachment_id}/remove"): lambda c: {
+            "path": {"article_id": c.article_id, "attachment_id": c.attachment_id}
+        },
     }
 )
 
@@ -358,6 +365,8 @@ ARTICLE_STATE = {
     ("POST", KB + "/versions/{number}/restore"): "published",
     ("POST", ATT): "draft",
     ("DELETE", ATT + "/{attachment_id}"): "draft",
+    ("POST", "/kb/articles/{article_id}/attachments"): "draft",
+    ("POST", "/kb/articles/{article_id}/attachments/{attachment_id}/remove"): "draft",
 }
 
 
@@ -524,7 +533,10 @@ async def test_matrix_cell(app, matrix_world, route: tuple[str, str], role: str)
             ctx.article_id = await article_for(
                 app, matrix_world["users"].get(role), ARTICLE_STATE[route], matrix_world["users"]["knowledge_manager"]
             )
-        if route == ("DELETE", ATT + "/{attachment_id}"):
+        if route in (
+            ("DELETE", ATT + "/{attachment_id}"),
+            ("POST", "/kb/articles/{article_id}/attachments/{attachment_id}/remove"),
+        ):
             ctx.attachment_id = await attachment_on(app, ctx.article_id, matrix_world["users"]["knowledge_manager"])
         example = EXAMPLES[route](ctx)
         path = template.format(**example.get("path", {}))

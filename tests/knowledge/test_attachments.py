@@ -108,3 +108,23 @@ async def test_size_cap_and_bad_uploads(app, clients) -> None:
     assert missing.status_code == 422
     listed = (await km.get(f"/api/v1/kb/articles/{aid}/attachments")).json()
     assert [a["filename"] for a in listed] == ["fits.pdf"]  # nothing else was written
+
+
+async def test_attachments_on_the_article_page(clients) -> None:
+    km = clients["km"]
+    aid = await article(km)
+    page = await km.get(f"/kb/articles/{aid}", headers={"accept": "text/html"})
+    assert 'id="kb-attach-form"' in page.text
+    token = km.headers["X-CSRF-Token"]
+    attached = await km.post(
+        f"/kb/articles/{aid}/attachments", files={"file": ("流程图.png", b"\x89PNG...")}, data={"csrf_token": token}
+    )
+    assert attached.status_code == 303 and attached.headers["location"].endswith("?done=attached")
+    page = await km.get(f"/kb/articles/{aid}", headers={"accept": "text/html"})
+    assert "流程图.png" in page.text
+    no_file = await km.post(
+        f"/kb/articles/{aid}/attachments", data={"csrf_token": token}, headers={"accept": "text/html"}
+    )
+    assert no_file.status_code == 422
+    customer_page = await clients["customer"].get(f"/api/v1/kb/articles/{aid}/attachments")
+    assert [a["filename"] for a in customer_page.json()] == ["流程图.png"]

@@ -21,12 +21,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kefu.core.errors import ApiError, NotFound
+from kefu.core.i18n import Translator
 from kefu.core.policy import Principal, allows, authorize
 from kefu.core.schemas import IdParam, query_text, single_line
 from kefu.db.base import utcnow
 from kefu.db.session import get_db
 from kefu.identity import service as identity
-from kefu.knowledge import board_pages, service
+from kefu.knowledge import attachments, board_pages, service
 from kefu.knowledge.index import KnowledgeIndex, log_search
 from kefu.knowledge.models import Article, ArticleVersion, VersionStatus
 from kefu.knowledge.schemas import ArticleCreate, DraftIn, PublishIn, ReviewIn, SubmitIn
@@ -56,6 +57,8 @@ DONE = frozenset(
         "unarchived",
         "restored",
         "verified",
+        "attached",
+        "detached",
     }
 )
 SEARCH_LIMIT = 20
@@ -552,6 +555,7 @@ async def _article_page(
         can_verify=allows(principal, "article", "verify") and not archived and view.live is not None,
         can_history=allows(principal, "article", "history"),
         case_fields=service.CASE_FIELDS,
+        attachments=await attachments.list_for(db, principal, article_id),
         **await board_pages.article_feedback_context(db, principal, article_id),
     )
 
@@ -730,6 +734,53 @@ async def unarchive_submit(
         lambda: service.unarchive(db, principal, article_id),
         done="unarchived",
         back=_back(data, article_id),
+    )
+
+
+@router.post("/kb/articles/{article_id}/attachments")
+async def attachment_upload(
+    request: Request, article_id: IdParam, db: Db, principal: Principal = authorize("article", "update", by_id=True)
+) -> Response:
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str) or not upload.filename:
+        return await _article_page(
+            request,
+            db,
+            principal,
+            article_id,
+            status_code=422,
+            errors=[Translator(principal.locale).gettext("Choose a file to attach.")],
+        )
+    limit = request.app.state.settings.kb_attachment_max_bytes
+    data = await upload.read(limit + 1)
+    return await _act(
+        request,
+        db,
+        principal,
+        article_id,
+        lambda: attachments.add(db, principal, article_id, filename=upload.filename or "", data=data, max_bytes=limit),
+        done="attached",
+        back=f"/kb/articles/{article_id}",
+    )
+
+
+@router.post("/kb/articles/{article_id}/attachments/{attachment_id}/remove")
+async def attachment_remove(
+    request: Request,
+    article_id: IdParam,
+    attachment_id: IdParam,
+    db: Db,
+    principal: Principal = authorize("article", "update", by_id=True),
+) -> Response:
+    return await _act(
+        request,
+        db,
+        principal,
+        article_id,
+        lambda: attachments.remove(db, principal, article_id, attachment_id),
+        done="detached",
+        back=f"/kb/articles/{article_id}",
     )
 
 
