@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -32,7 +32,7 @@ from kefu.knowledge.board_api import AnnouncementCreate, CollectionCreate, Colle
 from kefu.knowledge.feedback_api import AcceptIn, FeedbackCreate, RejectIn, ReplyCreate
 from kefu.knowledge.index import search_gaps
 from kefu.knowledge.models import Article, ArticleVersion
-from kefu.web.pages import form_data, render, see_other, validate
+from kefu.web.pages import form_data, render, see_other, time_formatter, validate
 
 router = APIRouter(include_in_schema=False)
 Db = Annotated[AsyncSession, Depends(get_db)]
@@ -60,27 +60,6 @@ SECTION = (
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def _zone(principal: Principal) -> ZoneInfo:
-    try:
-        return ZoneInfo(principal.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-def _when(principal: Principal) -> Callable[[datetime | None], str]:
-    """Times are stored in UTC and shown in the user's zone."""
-    zone = _zone(principal)
-
-    def fmt(value: datetime | None) -> str:
-        if value is None:
-            return ""
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-
-    return fmt
-
-
 def _page(request: Request, name: str, principal: Principal, status_code: int = 200, **context: Any) -> Response:
     done = request.query_params.get("done")
     return render(
@@ -88,8 +67,6 @@ def _page(request: Request, name: str, principal: Principal, status_code: int = 
         name,
         principal,
         status_code=status_code,
-        when=_when(principal),
-        time_zone=_zone(principal).key,
         done=done if done in DONE else None,
         kb_links={key for key, obj, action in SECTION if allows(principal, obj, action)},
         **context,
@@ -147,7 +124,7 @@ async def article_feedback_context(db: AsyncSession, principal: Principal, artic
         return {"feedback_threads": [], "feedback_can_open": False}
     views = await feedback.list_threads(db, principal, article_id=article_id, limit=ARTICLE_THREADS_LIMIT)
     archived = await db.scalar(select(Article.archived_at).where(Article.id == article_id))
-    when = _when(principal)
+    when = time_formatter(principal)
     return {
         "feedback_threads": [_thread_row(v, when) for v in views],
         # An archived article takes no new feedback (the service would refuse it).
@@ -182,7 +159,7 @@ async def feedback_inbox(
     views = await feedback.list_threads(
         db, principal, status=status or None, before_id=before_id, limit=INBOX_LIMIT, **filters
     )
-    when = _when(principal)
+    when = time_formatter(principal)
     rows = [_thread_row(v, when) for v in views]
     return _page(
         request,
@@ -226,7 +203,7 @@ async def _thread_page(
             and allows(principal, "article", "update")
             and service.may_edit(principal, article, draft)
         )
-    when = _when(principal)
+    when = time_formatter(principal)
     messages = [
         {"id": m.id, "author": view.name(m.author_id) or "—", "at": when(m.created_at), "body_html": m.body_html}
         for m in view.messages

@@ -13,7 +13,6 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
@@ -31,7 +30,7 @@ from kefu.knowledge import attachments, board_pages, service
 from kefu.knowledge.index import KnowledgeIndex, log_search
 from kefu.knowledge.models import Article, ArticleVersion, VersionStatus
 from kefu.knowledge.schemas import ArticleCreate, DraftIn, PublishIn, ReviewIn, SubmitIn
-from kefu.web.pages import form_data, render, see_other, validate
+from kefu.web.pages import form_data, render, see_other, user_zone, validate
 
 router = APIRouter(include_in_schema=False)
 Db = Annotated[AsyncSession, Depends(get_db)]
@@ -72,27 +71,6 @@ def _away(principal: Principal) -> Response | None:
     return None if service.is_staff(principal) else see_other("/")
 
 
-def _zone(principal: Principal) -> ZoneInfo:
-    try:
-        return ZoneInfo(principal.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-def _when(principal: Principal) -> Callable[[datetime | None], str]:
-    """Times are stored in UTC and shown in the user's zone."""
-    zone = _zone(principal)
-
-    def fmt(value: datetime | None) -> str:
-        if value is None:
-            return ""
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-
-    return fmt
-
-
 def _page(request: Request, name: str, principal: Principal, status_code: int = 200, **context: Any) -> Response:
     done = request.query_params.get("done")
     return render(
@@ -100,8 +78,6 @@ def _page(request: Request, name: str, principal: Principal, status_code: int = 
         name,
         principal,
         status_code=status_code,
-        when=_when(principal),
-        time_zone=_zone(principal).key,
         done=done if done in DONE else None,
         languages=LANGUAGES,
         **context,
@@ -175,7 +151,7 @@ def _local_datetime(value: str, principal: Principal) -> datetime | None:
         naive = datetime.fromisoformat(value.strip()[:32])
         if naive.tzinfo is not None:
             return None
-        return naive.replace(tzinfo=_zone(principal)).astimezone(UTC)
+        return naive.replace(tzinfo=user_zone(principal)).astimezone(UTC)
     except (ValueError, OverflowError):  # not a date, or out of range once moved to UTC (year 1 or 9999)
         return None
 

@@ -6,8 +6,11 @@ API's request models so both paths accept exactly the same input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -74,6 +77,27 @@ NAV = (
 )
 
 
+def user_zone(principal: Principal) -> ZoneInfo:
+    try:
+        return ZoneInfo(principal.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def time_formatter(principal: Principal) -> Callable[[datetime | None], str]:
+    """Times are stored in UTC and shown in the user's zone."""
+    zone = user_zone(principal)
+
+    def fmt(value: datetime | None) -> str:
+        if value is None:
+            return ""
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+    return fmt
+
+
 def render(request: Request, name: str, principal: Principal, status_code: int = 200, **context: Any) -> HTMLResponse:
     settings = request.app.state.settings
     locale = request_locale(request, principal.locale if principal.is_authenticated else None, settings.locale)
@@ -94,6 +118,8 @@ def render(request: Request, name: str, principal: Principal, status_code: int =
             "locale": locale,
             "html_lang": "zh-CN" if locale == "zh_CN" else "en",
             "locales": SUPPORTED_LOCALES,
+            "when": time_formatter(principal),
+            "time_zone": user_zone(principal).key,
             # Per-request translation in the context, never on the shared environment: two requests in
             # different languages can never see each other's catalogue.
             "_": translator.format,
