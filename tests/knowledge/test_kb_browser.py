@@ -16,34 +16,18 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
 
+from browser_support import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, Watch
 from conftest import TEST_PASSWORD, Factory, LiveServer, unique
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: run scripts/setup.sh --test (installs Debian's chromium)"
-    ),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
 expect = sync_api.expect
 expect.set_options(timeout=10_000)
-LOCAL_HOSTS = {"127.0.0.1"}
 INDEX_WAIT_SECONDS = 15  # the server's index follows a change within ~0.5 s; this only bounds a broken one
 
 
@@ -52,31 +36,6 @@ class Accounts:
     agent_username: str
     km_username: str
     km_display_name: str
-
-
-@dataclass
-class Watch:
-    """What one browser context did: every URL it asked for and every console error."""
-
-    requests: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def on_console(self, message: sync_api.ConsoleMessage) -> None:
-        # Failed loads are judged by on_response, which knows what kind of resource failed.
-        if message.type == "error" and not message.text.startswith("Failed to load resource"):
-            self.errors.append(f"{message.text} ({(message.location or {}).get('url', '')})")
-
-    def on_response(self, response: sync_api.Response) -> None:
-        # Pages, scripts, styles and htmx calls must load. An image inside article content is the
-        # author's (other tests leave bodies with <img src=x> in the shared database): not a page fault.
-        if response.status >= 400 and response.request.resource_type != "image":
-            self.errors.append(f"{response.status} {response.request.resource_type} {response.url}")
-
-    def assert_clean(self) -> None:
-        foreign = sorted({u for u in self.requests if urlsplit(u).hostname not in LOCAL_HOSTS})
-        assert not foreign, f"requests to non-local hosts: {foreign}"
-        assert self.requests, "no requests were recorded"
-        assert not self.errors, f"console errors: {self.errors}"
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +67,7 @@ def signed_in(browser: sync_api.Browser, live_server: LiveServer, username: str)
     context.set_default_timeout(10_000)
     page = context.new_page()
     watch = Watch()
-    context.on("request", lambda request: watch.requests.append(request.url))
-    page.on("websocket", lambda socket: watch.requests.append(socket.url))
-    page.on("console", watch.on_console)
-    page.on("response", watch.on_response)
-    page.on("pageerror", lambda error: watch.errors.append(f"uncaught: {error}"))
+    watch.attach(context, page)
     try:
         page.goto("/login")
         page.get_by_label("用户名或邮箱").fill(username)

@@ -15,35 +15,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
 import pytest
 
+from browser_support import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, Watch
 from conftest import TEST_PASSWORD, Factory, LiveServer, unique
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-pytestmark = [
-    pytest.mark.browser,
-    # Checked before any fixture runs: no server is started for nothing.
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: run scripts/setup.sh --test (installs Debian's chromium)"
-    ),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
 expect = sync_api.expect
 expect.set_options(timeout=10_000)
-LOCAL_HOSTS = {"127.0.0.1"}
 
 
 @dataclass
@@ -51,30 +33,6 @@ class Accounts:
     admin_username: str
     admin_display_name: str
     agent_username: str
-
-
-@dataclass
-class Watch:
-    """What the browser did: every URL it asked for and every console error."""
-
-    requests: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    # Pages we open on purpose to get an error status: Chromium logs those as console errors too.
-    expected_error_urls: set[str] = field(default_factory=set)
-
-    def on_console(self, message: sync_api.ConsoleMessage) -> None:
-        if message.type != "error":
-            return
-        url = (message.location or {}).get("url", "")
-        if url in self.expected_error_urls and "status of 403" in message.text:
-            return
-        self.errors.append(f"{message.text} ({url})")
-
-    def assert_clean(self) -> None:
-        foreign = sorted({u for u in self.requests if urlsplit(u).hostname not in LOCAL_HOSTS})
-        assert not foreign, f"requests to non-local hosts: {foreign}"
-        assert self.requests, "no requests were recorded"
-        assert not self.errors, f"console errors: {self.errors}"
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +60,7 @@ def watched(browser: sync_api.Browser, live_server: LiveServer) -> Iterator[tupl
     context.set_default_timeout(10_000)  # actions auto-wait up to this; a broken page fails fast
     page = context.new_page()
     watch = Watch()
-    context.on("request", lambda request: watch.requests.append(request.url))
-    page.on("websocket", lambda socket: watch.requests.append(socket.url))
-    page.on("console", watch.on_console)
-    page.on("pageerror", lambda error: watch.errors.append(f"uncaught: {error}"))
+    watch.attach(context, page)
     try:
         yield page, watch
     finally:
