@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pytest
 
 from kefu.app import create_app
 from kefu.core.audit import Actor
+from kefu.core.policy import Principal
 from kefu.db.migrate import upgrade
 from kefu.identity import service
 from kefu.identity.models import User
@@ -159,6 +161,26 @@ class Factory:
 @pytest.fixture
 def make(app) -> Factory:  # noqa: ANN001
     return Factory(app)
+
+
+def principal_of(user: User) -> Principal:
+    """The principal a signed-in browser of ``user`` would have, for calling services directly."""
+    return Principal(user_id=user.id, username=user.username, roles=user.role_names, via="session")
+
+
+@asynccontextmanager
+async def signed_in_clients(app, users: dict[str, User]) -> AsyncIterator[dict[str, httpx.AsyncClient]]:  # noqa: ANN001
+    """One signed-in API client per user (same keys), closed at the end."""
+    clients: dict[str, httpx.AsyncClient] = {}
+    try:
+        for key, user in users.items():
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+            clients[key] = client
+            await login(client, user)
+        yield clients
+    finally:
+        for client in clients.values():
+            await client.aclose()
 
 
 async def login(client: httpx.AsyncClient, user: User, password: str = TEST_PASSWORD) -> str:

@@ -11,12 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from conftest import Factory, login, unique
+from conftest import Factory, login, principal_of, signed_in_clients, unique
 from kefu.core.audit import Actor
-from kefu.core.policy import Principal
 from kefu.identity import service as identity
 from kefu.identity.models import User
-from kefu.knowledge import board, board_api, feedback_api, service
+from kefu.knowledge import board, service
 from kefu.knowledge.models import Announcement, AnnouncementAck, PointsEntry, TrainingItem
 
 ROLES = {
@@ -28,33 +27,12 @@ ROLES = {
 }
 
 
-def mount_once(app, router) -> None:  # noqa: ANN001
-    """Mount a router on the test app unless app.py already includes it (then this does nothing)."""
-    paths = {route.path for route in router.routes}
-    for route in app.routes:
-        if getattr(route, "original_router", None) is router or getattr(route, "path", None) in paths:
-            return
-    app.include_router(router)
-
-
-def principal_of(user: User) -> Principal:
-    return Principal(user_id=user.id, username=user.username, roles=user.role_names, via="session")
-
-
 @pytest.fixture(scope="module")
 async def world(app) -> AsyncIterator[dict[str, Any]]:  # noqa: ANN001
-    mount_once(app, feedback_api.router)
-    mount_once(app, board_api.router)
     make = Factory(app)
     users = {key: await make.user(role) for key, role in ROLES.items()}
-    clients = {}
-    for key, user in users.items():
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
-        await login(client, user)
-        clients[key] = client
-    yield {"users": users, "c": clients, "make": make}
-    for client in clients.values():
-        await client.aclose()
+    async with signed_in_clients(app, users) as clients:
+        yield {"users": users, "c": clients, "make": make}
 
 
 async def article(

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conftest import Factory as ConftestFactory
-from conftest import _backend, _pg_admin, is_postgres, unique
+from conftest import _backend, _pg_admin, is_postgres, principal_of, unique
 from kefu.core.audit import Actor
 from kefu.core.errors import ApiError
 from kefu.core.policy import Principal
@@ -35,10 +35,6 @@ from kefu.settings import Settings
 
 Factory = async_sessionmaker[AsyncSession]
 BAOXIAN_KB = Path(__file__).resolve().parents[3] / "shared" / "data" / "baoxianzhidao_faq" / "kb.jsonl"
-
-
-def principal_of(user: User) -> Principal:
-    return Principal(user_id=user.id, username=user.username, roles=user.role_names, via="session")
 
 
 def write_jsonl(path: Path, *lines: dict[str, Any] | str | bytes) -> Path:
