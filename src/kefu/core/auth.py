@@ -73,12 +73,16 @@ async def _resolve(request: Request) -> Principal:
             raise ApiError(401, "unauthenticated", "use 'Authorization: Bearer <token>'")
         async with factory() as db, db.begin():
             token = (
-                await db.execute(
-                    select(ApiToken)
-                    .where(ApiToken.token_hash == hash_token(credential.strip()))
-                    .options(joinedload(ApiToken.user).options(*PRINCIPAL_LOADS))
+                (
+                    await db.execute(
+                        select(ApiToken)
+                        .where(ApiToken.token_hash == hash_token(credential.strip()))
+                        .options(joinedload(ApiToken.user).options(*PRINCIPAL_LOADS))
+                    )
                 )
-            ).unique().scalar_one_or_none()
+                .unique()
+                .scalar_one_or_none()
+            )
             if (
                 token is None
                 or token.revoked_at is not None

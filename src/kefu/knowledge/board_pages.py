@@ -32,7 +32,7 @@ from kefu.knowledge.board_api import AnnouncementCreate, CollectionCreate, Colle
 from kefu.knowledge.feedback_api import AcceptIn, FeedbackCreate, RejectIn, ReplyCreate
 from kefu.knowledge.index import search_gaps
 from kefu.knowledge.models import Article, ArticleVersion
-from kefu.web.pages import form_data, render, see_other, time_formatter, validate
+from kefu.web.pages import form_data, render, run_form_action, see_other, time_formatter, validate
 
 router = APIRouter(include_in_schema=False)
 Db = Annotated[AsyncSession, Depends(get_db)]
@@ -247,17 +247,15 @@ async def _thread_action(
     done: str,
     form: dict[str, str],
 ) -> Response:
-    """Run one thread action in a transaction; a refusal shows the thread again with the reason."""
-    try:
-        async with db.begin():
-            await action()
-    except ApiError as exc:
-        if exc.status == 404:
-            raise
-        return await _thread_page(
+    """Run one thread action; a refusal shows the thread again with the reason."""
+    return await run_form_action(
+        db,
+        action,
+        success_url=f"/kb/feedback/{thread_id}?done={done}",
+        refused=lambda exc: _thread_page(
             request, db, principal, thread_id, status_code=exc.status, errors=[_message(exc)], form=form
-        )
-    return see_other(f"/kb/feedback/{thread_id}?done={done}")
+        ),
+    )
 
 
 @router.post("/kb/feedback/{thread_id}/reply")
@@ -622,16 +620,14 @@ async def _collection_action(
     done: str,
     form: dict[str, str],
 ) -> Response:
-    try:
-        async with db.begin():
-            await action()
-    except ApiError as exc:
-        if exc.status == 404:
-            raise
-        return await _collection_page(
+    return await run_form_action(
+        db,
+        action,
+        success_url=f"/kb/training/{collection_id}?done={done}",
+        refused=lambda exc: _collection_page(
             request, db, principal, collection_id, status_code=exc.status, errors=[_message(exc)], form=form
-        )
-    return see_other(f"/kb/training/{collection_id}?done={done}")
+        ),
+    )
 
 
 @router.post("/kb/training/{collection_id}")

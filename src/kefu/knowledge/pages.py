@@ -30,7 +30,7 @@ from kefu.knowledge import attachments, board_pages, service
 from kefu.knowledge.index import KnowledgeIndex, log_search
 from kefu.knowledge.models import Article, ArticleVersion, VersionStatus
 from kefu.knowledge.schemas import ArticleCreate, DraftIn, PublishIn, ReviewIn, SubmitIn
-from kefu.web.pages import form_data, render, see_other, user_zone, validate
+from kefu.web.pages import form_data, render, run_form_action, see_other, user_zone, validate
 
 router = APIRouter(include_in_schema=False)
 Db = Annotated[AsyncSession, Depends(get_db)]
@@ -560,15 +560,15 @@ async def _act(
     done: str,
     back: str,
 ) -> Response:
-    """Run one workflow step in a transaction; a refusal shows the article again with the reason."""
-    try:
-        async with db.begin():
-            await action()
-    except ApiError as exc:
-        if exc.status == 404:
-            raise
-        return await _article_page(request, db, principal, article_id, status_code=exc.status, errors=[exc.message])
-    return see_other(f"{back}?done={done}")
+    """Run one workflow step; a refusal shows the article again with the reason."""
+    return await run_form_action(
+        db,
+        action,
+        success_url=f"{back}?done={done}",
+        refused=lambda exc: _article_page(
+            request, db, principal, article_id, status_code=exc.status, errors=[exc.message]
+        ),
+    )
 
 
 async def _refused(

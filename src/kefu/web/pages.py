@@ -6,7 +6,7 @@ API's request models so both paths accept exactly the same input.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -141,6 +141,25 @@ def render_error_page(request: Request, status: int, code: str, message: str) ->
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
     principal = getattr(request.state, "principal", None) or Principal()
     return render(request, "error.html", principal, status_code=status, status=status, code=code, message=message)
+
+
+async def run_form_action(
+    db: AsyncSession,
+    action: Callable[[], Awaitable[object]],
+    *,
+    success_url: str,
+    refused: Callable[[ApiError], Awaitable[Response]],
+) -> Response:
+    """One form submission: ``action`` in a transaction, then a redirect to ``success_url``; a refusal
+    (any ApiError but 404, which stays an error page) is shown by ``refused`` with nothing written."""
+    try:
+        async with db.begin():
+            await action()
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        return await refused(exc)
+    return see_other(success_url)
 
 
 def _safe_next(target: str | None) -> str:
