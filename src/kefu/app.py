@@ -11,7 +11,10 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from kefu.core import mail  # noqa: F401 - registers the mail job handlers
+from kefu.core import (
+    idempotency,
+    mail,  # noqa: F401 - registers the mail job handlers
+)
 from kefu.core.errors import install_error_handlers
 from kefu.core.events import make_bus
 from kefu.core.jobs import Worker
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     install_error_handlers(app)
+    idempotency.install(app)
     app.add_middleware(
         RequestLimitsMiddleware,
         max_body_bytes=settings.max_body_bytes,

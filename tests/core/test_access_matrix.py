@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -91,6 +91,7 @@ class Ctx:
     announcement_id: int = 999_999  # addressed to every staff role
     collection_id: int = 999_999  # a training collection
     attachment_id: int = 999_999  # a file on ``article_id``
+    ids: dict[str, int] = field(default_factory=dict)  # objects made by the domain modules (see below)
 
 
 Request = Callable[[Ctx], dict[str, Any]]
@@ -439,6 +440,33 @@ ARTICLE_STATE.update(
     }
 )
 
+
+# Each domain keeps its own examples beside its tests, in ``tests/<domain>/<name>_matrix.py``:
+#   EXAMPLES   {(method, path): lambda c: {...}}  using ``c.ids[...]`` for objects it made
+#   prepare    async (app, world) -> dict[str, int]: objects made once for the whole matrix run
+#   PER_CELL   {(method, path): async (app, world, role) -> dict[str, int]}: objects made for one cell
+#              (a merge, a delete: something a cell uses up)
+def _domain_modules() -> list[Any]:
+    import importlib.util
+    from pathlib import Path
+
+    modules = []
+    for path in sorted(Path(__file__).resolve().parent.parent.glob("*/*_matrix.py")):
+        spec = importlib.util.spec_from_file_location(f"kefu_matrix_{path.parent.name}_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        modules.append(module)
+    return modules
+
+
+DOMAIN_MODULES = _domain_modules()
+PER_CELL: dict[tuple[str, str], Callable[..., Any]] = {}
+for _module in DOMAIN_MODULES:
+    assert not set(_module.EXAMPLES) & set(EXAMPLES), f"{_module.__name__} repeats examples"
+    EXAMPLES.update(_module.EXAMPLES)
+    PER_CELL.update(getattr(_module, "PER_CELL", {}))
+
 # The WebSocket route's cells are checked in tests/core/test_realtime.py against a live server.
 NOT_HTTP = {("WS", "/ws")}
 
@@ -473,6 +501,10 @@ async def matrix_world(app) -> AsyncIterator[dict[str, Any]]:  # noqa: ANN001
     )
     await kb_board_world(app, world)
     world["attachment_id"] = await attachment_on(app, world["article_id"], world["users"]["knowledge_manager"])
+    world["ids"] = {}
+    for module in DOMAIN_MODULES:
+        if hasattr(module, "prepare"):
+            world["ids"].update(await module.prepare(app, world))
     yield world
     for client in world.get("clients", {}).values():
         await client.aclose()
@@ -538,6 +570,9 @@ async def test_matrix_cell(app, matrix_world, route: tuple[str, str], role: str)
             ("POST", "/kb/articles/{article_id}/attachments/{attachment_id}/remove"),
         ):
             ctx.attachment_id = await attachment_on(app, ctx.article_id, matrix_world["users"]["knowledge_manager"])
+        ctx.ids = dict(matrix_world["ids"])
+        if route in PER_CELL:
+            ctx.ids.update(await PER_CELL[route](app, matrix_world, role))
         example = EXAMPLES[route](ctx)
         path = template.format(**example.get("path", {}))
         response = await client.request(

@@ -15,6 +15,7 @@ import enum
 import logging
 import os
 import socket
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -73,6 +74,28 @@ def job_handler(kind: str) -> Callable[[JobHandler], JobHandler]:
         return func
 
     return register
+
+
+# kind -> interval in seconds, for jobs that run on a schedule (SLA sweeps, pruning).
+_periodic: dict[str, int] = {}
+
+
+def periodic(kind: str, *, every_seconds: int) -> Callable[[JobHandler], JobHandler]:
+    """Register a handler that runs every ``every_seconds``. Each worker enqueues the job of the
+    current period under a key naming the period, so any number of processes run it once."""
+
+    def register(func: JobHandler) -> JobHandler:
+        _periodic[kind] = every_seconds
+        return job_handler(kind)(func)
+
+    return register
+
+
+async def enqueue_periodic(session: AsyncSession, now: datetime | None = None) -> None:
+    now = now or utcnow()
+    for kind, every in _periodic.items():
+        period = int(now.timestamp()) // every
+        await enqueue(session, kind, {"period": period}, idempotency_key=f"periodic:{kind}:{period}", max_attempts=1)
 
 
 def backoff_seconds(attempts: int) -> int:
@@ -219,8 +242,13 @@ class Worker:
         self._wake.set()
 
     async def _loop(self) -> None:
+        next_schedule = 0.0
         while True:
             try:
+                if _periodic and time.monotonic() >= next_schedule:
+                    async with self.factory() as session, session.begin():
+                        await enqueue_periodic(session)
+                    next_schedule = time.monotonic() + min(_periodic.values()) / 2
                 ran = await run_due_jobs(self.factory, self.settings, worker=self.name)
             except Exception:  # noqa: BLE001 - database away: keep polling, recover when it returns
                 log.exception("job worker poll failed")

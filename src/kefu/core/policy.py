@@ -117,6 +117,11 @@ class Authorize:
         if request.method in UNSAFE_METHODS and principal.via != "token":
             await verify_csrf(request, principal)
         check(principal, self.obj, self.action, by_id=self.by_id)
+        if principal.user_id is not None:
+            from kefu.core import idempotency
+
+            if idempotency.applies_to(request):
+                await idempotency.prepare(request, principal.user_id)
         return principal
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kefu.core import idempotency
 from kefu.core.events import bind_bus
 
 
@@ -15,4 +16,5 @@ async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
     factory = request.app.state.session_factory
     async with factory() as session:
         bind_bus(session, request.app.state.event_bus)
+        idempotency.attach(session, request)
         yield session

@@ -1,0 +1,1 @@
+"""Interactions: one contact on one channel, with every timestamp KPIs need, and contact reasons."""
