@@ -22,8 +22,12 @@ from kefu.core.ops import RequestLimitsMiddleware
 from kefu.core.ops import router as ops_router
 from kefu.core.policy import Principal, access_matrix, authorize
 from kefu.core.realtime import router as realtime_router
+from kefu.customers import api as customers_api
+from kefu.customers import pages as customers_pages
 from kefu.db.engine import make_engine, make_session_factory
+from kefu.desk import pages as desk_pages
 from kefu.identity.api import router as identity_router
+from kefu.interactions import api as interactions_api
 from kefu.knowledge.api import router as knowledge_router
 from kefu.knowledge.board_api import router as kb_board_router
 from kefu.knowledge.board_pages import router as kb_board_pages_router
@@ -31,6 +35,9 @@ from kefu.knowledge.feedback_api import router as kb_feedback_router
 from kefu.knowledge.index import KnowledgeIndex
 from kefu.knowledge.pages import router as knowledge_pages_router
 from kefu.settings import Settings, get_settings
+from kefu.tickets import api as tickets_api
+from kefu.tickets import pages as tickets_pages
+from kefu.tickets import sla_api
 from kefu.web import STATIC_DIR
 from kefu.web.pages import install_pages
 
@@ -97,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(kb_feedback_router)
     app.include_router(kb_board_router)
     app.include_router(realtime_router)
+    for service_desk_router in (customers_api, interactions_api, tickets_api, sla_api):
+        app.include_router(service_desk_router.router)
 
     @app.get("/api/docs", include_in_schema=False)
     async def api_docs(request: Request, principal: Principal = authorize("public", "read")) -> HTMLResponse:
@@ -112,5 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_pages(app)
     app.include_router(knowledge_pages_router)
     app.include_router(kb_board_pages_router)
+    for service_desk_pages in (desk_pages, tickets_pages, customers_pages):
+        app.include_router(service_desk_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -1,0 +1,7 @@
+"""REST routes of customers, organisations, identities, notes, merges and imports."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api/v1", tags=["customers"])

@@ -1,0 +1,7 @@
+"""Customer pages: search, create, edit, merge."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="", tags=["customers"])
