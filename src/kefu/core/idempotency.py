@@ -25,7 +25,19 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint, delete, event, select, update
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -137,20 +149,23 @@ def _reserve(session: Session) -> None:
     if pending is None or pending.record_id is not None or pending.reserving:
         return
     pending.reserving = True
-    record = IdempotencyRecord(
-        user_id=pending.user_id,
-        key=pending.key,
-        fingerprint=pending.fingerprint,
-        method=pending.method,
-        path=pending.path[:500],
-    )
-    session.add(record)
+    session.flush()  # the request's own changes first: their errors are theirs, not the key's
     try:
-        session.flush([record])
+        pending.record_id = session.execute(
+            insert(IdempotencyRecord)
+            .values(
+                user_id=pending.user_id,
+                key=pending.key,
+                fingerprint=pending.fingerprint,
+                method=pending.method,
+                path=pending.path[:500],
+                created_at=utcnow(),
+            )
+            .returning(IdempotencyRecord.id)
+        ).scalar_one()
     except IntegrityError:
         pending.conflicted = True
         raise
-    pending.record_id = record.id
 
 
 @event.listens_for(Session, "after_rollback")

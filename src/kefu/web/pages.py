@@ -65,6 +65,9 @@ TIME_ZONES = (
 NAV = (
     # (path, label, object, action): an entry shows only to those the matrix lets in.
     ("/", "Home", "dashboard", "read"),
+    ("/desk", "Desk", "desk", "read"),
+    ("/work-orders", "Work orders", "work_order", "list"),
+    ("/customers", "Customers", "customer", "list"),
     ("/kb", "Knowledge", "article", "create"),  # the staff knowledge desk (customers get the help centre)
     ("/kb/review", "Review queue", "article", "review"),
     ("/kb/board", "Updates", "announcement", "list"),
