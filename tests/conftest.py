@@ -111,6 +111,33 @@ def db_factory(app):  # noqa: ANN001, ANN201
     return app.state.session_factory
 
 
+class QueryCounter:
+    """Counts the SQL statements the app runs while active (``with QueryCounter(app) as q: ...; q.count``).
+    Used to guard pages and lists against N+1 queries: the count must not grow with the rows shown."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        self.engine = app.state.engine.sync_engine
+        self.statements: list[str] = []
+
+    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001, PLR0913
+        self.statements.append(statement)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def __enter__(self) -> QueryCounter:
+        from sqlalchemy import event
+
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import event
+
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
 def unique(prefix: str = "u") -> str:
     return f"{prefix}{next(_counter)}x{uuid.uuid4().hex[:6]}"
 
