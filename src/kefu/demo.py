@@ -68,4 +68,116 @@ async def load_demo(db: AsyncSession) -> list[str]:
                 db, actor, user, skills={skills[n].id: p for n, p in skill_levels.items()}, languages=languages
             )
         created.append(username)
+    await load_service_desk_demo(db, teams)
     return created
+
+
+DEMO_CUSTOMERS = (
+    # external id, name, phone, email, language, attributes
+    (
+        "demo-c1",
+        "陈先生 Mr Chen",
+        "138 1234 5678",
+        "chen@example.com",
+        "zh-CN",
+        {"会员等级": "金卡", "产品": "宽带 500M"},
+    ),
+    ("demo-c2", "林女士 Ms Lin", "(0755) 8888 6666", "lin@example.com", "zh-CN", {"产品": "信用卡"}),
+    ("demo-c3", "Emma Brown", "+44 20 7946 0958", "emma@example.co.uk", "en", {"plan": "Travel insurance"}),
+)
+DEMO_REASONS = (
+    ("billing", "账单 Billing", None),
+    ("billing.dispute", "扣费异议 Charge dispute", "billing"),
+    ("account", "账户 Account", None),
+    ("account.login", "无法登录 Cannot sign in", "account"),
+    ("fault", "故障 Fault", None),
+    ("fault.network", "网络中断 Network down", "fault"),
+)
+
+
+async def load_service_desk_demo(db: AsyncSession, teams: dict[str, Team]) -> None:
+    """A business calendar with SLA policies, contact reasons, three customers, work orders and a macro."""
+    from kefu.core.policy import Principal
+    from kefu.customers import service as customers
+    from kefu.interactions import service as interactions
+    from kefu.tickets import macros, sla
+    from kefu.tickets import service as tickets
+    from kefu.tickets.schemas import WorkOrderCreate
+
+    if await customers.find_by_identity(db, "email", "chen@example.com") is not None:
+        return
+    admin_id = await db.scalar(select(User.id).where(User.username == "admin"))
+    agent_id = await db.scalar(select(User.id).where(User.username == "agent"))
+    front = teams["一线客服 Front line"].id
+    system = Principal(user_id=admin_id, username="demo", roles=frozenset({"admin"}), via="session")
+    hours = [["09:00", "12:00"], ["13:30", "18:00"]]
+    calendar = await sla.create_calendar(
+        db,
+        system,
+        name="工作日 Weekdays (Beijing)",
+        time_zone="Asia/Shanghai",
+        weekly_hours={str(day): hours for day in range(5)},
+    )
+    calendar_id = calendar.calendar.id
+    for name, kind, priority, first, resolve in (
+        ("标准 Standard", None, None, 4 * 3600, 3 * 8 * 3600),
+        ("投诉 Complaints", "complaint", None, 2 * 3600, 2 * 8 * 3600),
+        ("紧急 Urgent", None, "urgent", 1800, 4 * 3600),
+    ):
+        await sla.create_policy(
+            db,
+            system,
+            {
+                "name": name,
+                "work_order_type": kind,
+                "priority": priority,
+                "calendar_id": calendar_id,
+                "first_response_seconds": first,
+                "resolution_seconds": resolve,
+                "warn_before_seconds": 1800,
+            },
+        )
+    reason_ids: dict[str, int] = {}
+    for code, name, parent in DEMO_REASONS:
+        node = await interactions.create_reason(
+            db, system, code=code, name=name, parent_id=reason_ids.get(parent) if parent else None
+        )
+        reason_ids[code] = node.reason.id
+    made = []
+    for external_id, name, phone, email, language, attributes in DEMO_CUSTOMERS:
+        made.append(
+            await customers.create_customer(
+                db,
+                system,
+                display_name=name,
+                external_id=external_id,
+                language=language,
+                attributes=attributes,
+                identities=[customers.NewIdentity("phone", phone), customers.NewIdentity("email", email)],
+            )
+        )
+    for customer, (kind, priority, title) in zip(
+        made,
+        (
+            ("fault", "high", "宽带频繁掉线 Broadband keeps dropping"),
+            ("complaint", "normal", "信用卡年费重复扣取 Annual fee charged twice"),
+            ("inquiry", "normal", "Claim status for trip delay"),
+        ),
+        strict=True,
+    ):
+        await tickets.create_work_order(
+            db,
+            system,
+            WorkOrderCreate(
+                type=kind, priority=priority, title=title, customer_id=customer.id, team_id=front, assignee_id=agent_id
+            ),
+        )
+    await macros.create_macro(
+        db,
+        system,
+        name="致歉并跟进 Apology and follow-up",
+        scope="shared",
+        team_id=None,
+        actions={},
+        body="{{customer.name}}您好，关于工单 {{work_order.number}}，我们已在处理中，将尽快给您答复。——{{agent.name}}",
+    )
