@@ -20,10 +20,12 @@ db_app = typer.Typer(help="Database migrations", no_args_is_help=True)
 user_app = typer.Typer(help="Users", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data", no_args_is_help=True)
 kb_app = typer.Typer(help="Knowledge base", no_args_is_help=True)
+customers_app = typer.Typer(help="Customers", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(demo_app, name="demo")
 app.add_typer(kb_app, name="kb")
+app.add_typer(customers_app, name="customers")
 
 T = TypeVar("T")
 
@@ -280,6 +282,79 @@ def kb_export(
         _fail(f"{out}: {exc.strerror or exc}")
     summary = json.dumps({"exported": count, "format": fmt.value, "out": str(out)}, ensure_ascii=False)
     typer.echo(summary, err=to_stdout)
+
+
+class CustomerFormat(StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+@customers_app.command("import")
+def customers_import(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a .csv or .jsonl file")],
+    fmt: Annotated[
+        CustomerFormat | None, typer.Option("--format", help="default: jsonl for .jsonl/.json files, else csv")
+    ] = None,
+    as_user: Annotated[str | None, typer.Option("--as", help="import as this user (default: the first admin)")] = None,
+) -> None:
+    """Import customers, idempotent by external id. Prints a JSON report; exits 1 if any row failed."""
+    from kefu.core.errors import ApiError
+    from kefu.customers import importer
+    from kefu.knowledge.transfer import principal_for
+
+    async def work(db: AsyncSession) -> importer.ImportReport:
+        principal = await principal_for(db, as_user)
+        data = await asyncio.to_thread(path.read_bytes)
+        chosen = fmt.value if fmt is not None else importer.guess_format(path.name)
+        return await importer.import_bytes(db, principal, data, chosen)  # type: ignore[arg-type]
+
+    try:
+        report = _in_transaction(work)
+    except ApiError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"{path}: {exc.strerror or exc}")
+    json.dump(report.as_dict(), sys.stdout, ensure_ascii=False, indent=2)
+    typer.echo()
+    raise typer.Exit(1 if report.errors else 0)
+
+
+@customers_app.command("export")
+def customers_export(
+    out: Annotated[Path, typer.Argument(help="a .jsonl file ('-' for stdout)")] = Path("-"),
+    as_user: Annotated[str | None, typer.Option("--as", help="export as this user (default: the first admin)")] = None,
+) -> None:
+    """Export every customer (merged ones left out) as JSONL in the import format."""
+    from kefu.core.errors import ApiError
+    from kefu.core.policy import check
+    from kefu.customers import importer
+    from kefu.knowledge.transfer import atomic_text_file, principal_for
+
+    to_stdout = str(out) == "-"
+
+    async def write(db: AsyncSession, handle: object) -> int:
+        count = 0
+        async for line in importer.export_lines(db):
+            handle.write(line)  # type: ignore[attr-defined]
+            count += 1
+        return count
+
+    async def work(db: AsyncSession) -> int:
+        principal = await principal_for(db, as_user)
+        check(principal, "customer", "export")
+        await importer.audit_export(db, principal, "stdout" if to_stdout else "file")
+        if to_stdout:
+            return await write(db, sys.stdout)
+        with atomic_text_file(out) as handle:
+            return await write(db, handle)
+
+    try:
+        count = _in_transaction(work)
+    except ApiError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"{out}: {exc.strerror or exc}")
+    typer.echo(json.dumps({"exported": count, "out": str(out)}, ensure_ascii=False), err=to_stdout)
 
 
 if __name__ == "__main__":
