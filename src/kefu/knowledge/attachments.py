@@ -1,22 +1,14 @@
-"""Files attached to knowledge articles.
-
-Served only as downloads: ``Content-Disposition: attachment``, ``nosniff``, a sandboxing CSP, and a
-content type from a short allow-list (anything else, HTML and SVG included, is sent as
-``application/octet-stream``), so an uploaded file can never run as a page of kefu's origin.
-"""
+"""Files attached to knowledge articles (names, types, sizes and download headers: ``kefu.core.files``)."""
 
 from __future__ import annotations
 
 import hashlib
-import mimetypes
-import unicodedata
-from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from kefu.core import audit
+from kefu.core import audit, files
 from kefu.core.errors import ApiError, Invalid, NotFound
 from kefu.core.policy import Principal
 from kefu.identity.service import actor_of
@@ -24,44 +16,10 @@ from kefu.knowledge import service
 from kefu.knowledge.models import ArticleAttachment
 
 MAX_ATTACHMENTS_PER_ARTICLE = 50
-SAFE_TYPES = {
-    "application/pdf",
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "image/webp",
-    "text/plain",
-    "text/csv",
-    "application/zip",
-    "application/msword",
-    "application/vnd.ms-excel",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-}
-
-
-def clean_filename(name: str) -> str:
-    """The last path component, without control characters, at most 200 characters."""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C")
-    name = name.strip().strip(".")
-    return name[:200] or "attachment"
-
-
-def content_type_for(filename: str) -> str:
-    guessed, _ = mimetypes.guess_type(filename)
-    return guessed if guessed in SAFE_TYPES else "application/octet-stream"
 
 
 def download_headers(attachment: ArticleAttachment) -> dict[str, str]:
-    ascii_name = attachment.filename.encode("ascii", "ignore").decode().replace('"', "") or "attachment"
-    return {
-        "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(attachment.filename)}",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "sandbox; default-src 'none'",
-        "Cache-Control": "private, max-age=0",
-    }
+    return files.download_headers(attachment.filename)
 
 
 async def add(
@@ -72,20 +30,17 @@ async def add(
         raise ApiError(409, "conflict", "the article is archived")
     if not service.may_edit(principal, view.article, view.working):
         raise ApiError(403, "forbidden", "only the author, the owner or a knowledge manager may attach files")
-    if len(data) > max_bytes:
-        raise ApiError(413, "payload_too_large", f"the file is larger than {max_bytes} bytes")
-    if not data:
-        raise Invalid("the file is empty")
+    files.check_size(data, max_bytes)
     count = len(
         (await db.scalars(select(ArticleAttachment.id).where(ArticleAttachment.article_id == article_id))).all()
     )
     if count >= MAX_ATTACHMENTS_PER_ARTICLE:
         raise Invalid(f"an article may have at most {MAX_ATTACHMENTS_PER_ARTICLE} attachments")
-    name = clean_filename(filename)
+    name = files.clean_filename(filename)
     attachment = ArticleAttachment(
         article_id=article_id,
         filename=name,
-        content_type=content_type_for(name),
+        content_type=files.content_type_for(name),
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         content=data,
