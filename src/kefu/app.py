@@ -121,7 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_pages(app)
     app.include_router(knowledge_pages_router)
     app.include_router(kb_board_pages_router)
-    for service_desk_pages in (desk_pages, tickets_pages, customers_pages):
+    # customers_pages first: its /customers/new must win over the desk's /customers/{customer_id}.
+    for service_desk_pages in (customers_pages, tickets_pages, desk_pages):
         app.include_router(service_desk_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
