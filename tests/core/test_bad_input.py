@@ -11,7 +11,41 @@ from sqlalchemy import func, select
 
 from conftest import login, unique
 from kefu.core.audit import AuditEntry
+from kefu.customers.models import Customer, CustomerIdentity, CustomerNote, Organisation
 from kefu.identity.models import ApiToken, Skill, Team, User
+from kefu.interactions.models import ContactReason, Interaction
+from kefu.tickets.models import (
+    BusinessCalendar,
+    Macro,
+    SavedView,
+    SlaPolicy,
+    WorkOrder,
+    WorkOrderComment,
+    WorkOrderEvent,
+    WorkOrderField,
+)
+
+COUNTED = (
+    User,
+    Team,
+    Skill,
+    ApiToken,
+    AuditEntry,
+    Customer,
+    CustomerIdentity,
+    CustomerNote,
+    Organisation,
+    Interaction,
+    ContactReason,
+    WorkOrder,
+    WorkOrderComment,
+    WorkOrderEvent,
+    WorkOrderField,
+    BusinessCalendar,
+    SlaPolicy,
+    Macro,
+    SavedView,
+)
 
 # Our own list, in the spirit of the "big list of naughty strings": control characters, invalid
 # Unicode, markup, injections, templates, bidi overrides, huge and empty values, CJK and emoji.
@@ -52,16 +86,23 @@ async def admin_client(app) -> AsyncIterator[httpx.AsyncClient]:  # noqa: ANN001
         "skill_id": await make.skill(),
         "user_id": (await make.user("agent")).id,
     }
+    customer = await client.post("/api/v1/customers", json={"display_name": "坏输入客户"})
+    work_order = await client.post("/api/v1/work-orders", json={"title": "坏输入工单"})
+    interaction = await client.post("/api/v1/interactions", json={"channel": "phone"})
+    for made in (customer, work_order, interaction):
+        assert made.status_code in (200, 201), made.text
+    client.extra |= {  # type: ignore[attr-defined]
+        "customer_id": customer.json()["id"],
+        "work_order_id": work_order.json()["id"],
+        "interaction_id": interaction.json()["id"],
+    }
     yield client
     await client.aclose()
 
 
 async def counts(app) -> dict[str, int]:  # noqa: ANN001
     async with app.state.session_factory() as db:
-        return {
-            model.__tablename__: await db.scalar(select(func.count()).select_from(model))
-            for model in (User, Team, Skill, ApiToken, AuditEntry)
-        }
+        return {model.__tablename__: await db.scalar(select(func.count()).select_from(model)) for model in COUNTED}
 
 
 def assert_error_shape(response: httpx.Response) -> None:
@@ -71,7 +112,8 @@ def assert_error_shape(response: httpx.Response) -> None:
     assert isinstance(body["error"]["code"], str) and body["error"]["message"]
 
 
-# (method, path, valid body, text fields to spoil). Paths may use {team_id}, {skill_id}, {user_id}.
+# (method, path, valid body, text fields to spoil). Paths may use {team_id}, {skill_id}, {user_id},
+# {customer_id}, {work_order_id}, {interaction_id}.
 TEXT_FIELDS = [
     (
         "POST",
@@ -100,6 +142,35 @@ TEXT_FIELDS = [
         lambda: {"token": "t", "new_password": "long-enough-pass"},
         ["token", "new_password"],
     ),
+]
+WEEKDAYS = {str(day): [["09:00", "18:00"]] for day in range(5)}
+TEXT_FIELDS += [  # the service desk
+    ("POST", "/api/v1/customers", lambda: {"display_name": "客户"}, ["display_name", "external_id", "language"]),
+    ("PATCH", "/api/v1/customers/{customer_id}", lambda: {"display_name": "客户"}, ["display_name"]),
+    ("POST", "/api/v1/customers/{customer_id}/notes", lambda: {"body": "备注"}, ["body"]),
+    (
+        "POST",
+        "/api/v1/customers/{customer_id}/identities",
+        lambda: {"kind": "email", "value": f"{unique()}@x.test"},
+        ["value", "label"],
+    ),
+    ("POST", "/api/v1/organisations", lambda: {"name": unique("org")}, ["name", "external_id"]),
+    ("POST", "/api/v1/work-orders", lambda: {"title": "工单"}, ["title", "description"]),
+    ("PATCH", "/api/v1/work-orders/{work_order_id}", lambda: {"title": "工单"}, ["title", "description"]),
+    ("POST", "/api/v1/work-orders/{work_order_id}/comments", lambda: {"body": "回复"}, ["body"]),
+    ("POST", "/api/v1/interactions", lambda: {"channel": "chat"}, ["subject", "external_id", "queue"]),
+    ("PATCH", "/api/v1/interactions/{interaction_id}", lambda: {"summary": "小结"}, ["summary", "subject"]),
+    ("POST", "/api/v1/contact-reasons", lambda: {"code": unique("r"), "name": "原因"}, ["code", "name"]),
+    (
+        "POST",
+        "/api/v1/business-calendars",
+        lambda: {"name": unique("cal"), "time_zone": "Asia/Shanghai", "weekly_hours": WEEKDAYS},
+        ["name", "time_zone"],
+    ),
+    ("POST", "/api/v1/sla-policies", lambda: {"name": unique("sla"), "first_response_seconds": 3600}, ["name"]),
+    ("POST", "/api/v1/macros", lambda: {"name": unique("m"), "body": "您好"}, ["name", "body"]),
+    ("POST", "/api/v1/saved-views", lambda: {"name": unique("v")}, ["name"]),
+    ("POST", "/api/v1/work-order-fields", lambda: {"key": unique("f"), "label": "字段"}, ["key", "label"]),
 ]
 CASES = [(m, p, body, field) for m, p, body, fields in TEXT_FIELDS for field in fields]
 
