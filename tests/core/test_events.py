@@ -239,6 +239,23 @@ async def test_postgres_bus_delivers_across_instances(database_url: str) -> None
 
 
 @postgres_only
+async def test_postgres_bus_sends_concurrent_events_together_and_in_order(database_url: str) -> None:
+    a, b = PostgresBus(database_url), PostgresBus(database_url)
+    await a.start()
+    await b.start()
+    try:
+        on_a = a.subscribe()
+        events = [Event("burst", {"n": n}, user_ids=(1,)) for n in range(300)]
+        # Published at once, as after a burst of commits: they share round trips, none is lost.
+        await asyncio.gather(*(b.publish(e) for e in events))
+        received = [await next_event(on_a, lambda e: e.type == "burst") for _ in events]
+        assert [e.data["n"] for e in received] == list(range(300))
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@postgres_only
 async def test_postgres_bus_recovers_when_its_connections_are_killed(database_url: str) -> None:
     import asyncpg
 

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SqlPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,25 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnicodeDecodeError)
     async def _bad_encoding(request: Request, exc: UnicodeDecodeError) -> Response:
         return error_response(request, 400, "bad_encoding", "request is not valid UTF-8")
+
+    @app.exception_handler(SqlPoolTimeout)
+    async def _pool_exhausted(request: Request, exc: SqlPoolTimeout) -> Response:
+        # Every database connection is busy: a moment of overload, not a bug. Say so and when to retry.
+        log.warning("database connection pool exhausted", extra={"path": request.url.path})
+        return error_response(
+            request, 503, "unavailable", "the service is busy; retry shortly", headers={"Retry-After": "1"}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _database_busy(request: Request, exc: OperationalError) -> Response:
+        if "database is locked" in str(exc.orig):
+            # SQLite's single writer waited its whole busy timeout: overload, retryable.
+            log.warning("database busy", extra={"path": request.url.path})
+            return error_response(
+                request, 503, "unavailable", "the service is busy; retry shortly", headers={"Retry-After": "1"}
+            )
+        log.exception("database error", extra={"path": request.url.path})
+        return error_response(request, 500, "internal_error", "internal error")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

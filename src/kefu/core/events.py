@@ -151,7 +151,8 @@ class PostgresBus:
         self._reconnect_seconds = reconnect_seconds
         self._listener: Any = None
         self._publisher: Any = None
-        self._publish_lock = asyncio.Lock()
+        self._outbox: list[tuple[str, asyncio.Future[None]]] = []
+        self._flushing = False
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
 
@@ -192,29 +193,62 @@ class PostgresBus:
                     await conn.close()
 
     async def publish(self, event: Event) -> None:
+        """Queue the event and wait until it is sent. Events that queue up while a send is in flight
+        go together in the next round trip, so a busy process does not wait in line one by one."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._outbox.append((event.to_json(), waiter))
+        if not self._flushing:
+            self._flushing = True
+            task = asyncio.create_task(self._flush(), name="kefu-pg-notify")
+            _publishing.add(task)
+            task.add_done_callback(_publishing.discard)
+        await waiter
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    await self._send([payload for payload, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - handed to every waiter of the batch
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                else:
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_result(None)
+        finally:
+            # No await between the empty check above and this: a publish() arriving now starts a new flush.
+            self._flushing = False
+
+    async def _send(self, payloads: list[str]) -> None:
         import asyncpg
 
-        payload = event.to_json()
-        async with self._publish_lock:
-            for attempt in (1, 2):
-                try:
-                    if self._publisher is None or self._publisher.is_closed():
-                        self._publisher = await asyncpg.connect(self._dsn)
-                    await self._publisher.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, payload)
-                    return
-                except (
-                    OSError,
-                    asyncpg.PostgresConnectionError,
-                    asyncpg.InterfaceError,
-                    asyncpg.exceptions.InternalClientError,
-                ):
-                    # A connection killed under us may surface as any of these (the last when the
-                    # protocol is caught mid-operation): drop it, retry once on a fresh one.
-                    broken, self._publisher = self._publisher, None
-                    if broken is not None:
-                        broken.terminate()
-                    if attempt == 2:
-                        raise
+        for attempt in (1, 2):
+            try:
+                if self._publisher is None or self._publisher.is_closed():
+                    self._publisher = await asyncpg.connect(self._dsn)
+                # One statement, one round trip; NOTIFYs of one transaction are delivered in order.
+                await self._publisher.execute(
+                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n",
+                    PG_CHANNEL,
+                    payloads,
+                )
+                return
+            except (
+                OSError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                asyncpg.exceptions.InternalClientError,
+            ):
+                # A connection killed under us may surface as any of these (the last when the
+                # protocol is caught mid-operation): drop it, retry once on a fresh one.
+                broken, self._publisher = self._publisher, None
+                if broken is not None:
+                    broken.terminate()
+                if attempt == 2:
+                    raise
 
     def subscribe(self) -> Subscription:
         return self._hub.subscribe()
