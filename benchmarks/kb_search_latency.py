@@ -30,6 +30,9 @@ from pathlib import Path  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_support import percentile  # noqa: E402
+
 from kefu.knowledge.search.engine import Document, SearchEngine  # noqa: E402
 
 _SENTENCE = re.compile(r"(?<=[。！？!?；;])")
@@ -47,10 +50,6 @@ def synthesize(articles: list[str], n: int, rng: random.Random) -> list[str]:
         mixed = base[: max(1, len(base) // 2)] + rng.choice(sentences)[:2] + rng.choice(sentences)[-2:]
         out.append("".join(mixed))
     return out
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def measure(texts: list[str], queries: list[str]) -> dict[str, float | int]:

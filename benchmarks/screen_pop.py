@@ -21,20 +21,18 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_throughput import PASSWORD, PG_SERVER, _env, _free_port, _pg_admin  # noqa: E402
+from bench_support import PASSWORD, fresh_database, kefu_server, token_for  # noqa: E402
 
 TARGET_P95_SECONDS = 1.0
 DRAIN_SECONDS = 15.0
@@ -46,28 +44,6 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
-
-
-async def _wait_ready(base: str) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=5) as c:
-        for _ in range(600):
-            try:
-                if (await c.get("/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{base} did not start")
-
-
-async def _admin_token(base: str) -> str:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
-        login = (await c.post("/api/v1/auth/login", json={"login": "bench", "password": PASSWORD})).json()
-        made = await c.post(
-            "/api/v1/me/tokens", json={"name": "bench", "scopes": ["*"]}, headers={"X-CSRF-Token": login["csrf_token"]}
-        )
-        made.raise_for_status()
-        return made.json()["token"]
 
 
 async def _gather_limited(calls: list, limit: int = 8) -> list:  # noqa: ANN001
@@ -146,7 +122,7 @@ async def _drain(received: dict[int, tuple[float, int]], sent: dict[int, tuple[f
 
 
 async def _measure(base: str, agents: int, contacts: int, rate: float) -> dict:
-    token = await _admin_token(base)
+    token = await token_for(base, "bench")
     api = httpx.AsyncClient(
         base_url=base,
         headers={"Authorization": f"Bearer {token}"},
@@ -250,27 +226,10 @@ async def _measure(base: str, agents: int, contacts: int, rate: float) -> dict:
 async def _run(
     database_url: str, data_dir: Path, agents: int, contacts: int, rate: float, server_log: str | None
 ) -> dict:
-    port = _free_port()
-    env = _env(database_url, data_dir, port)
-    kefu = [sys.executable, "-m", "kefu.cli"]
-    subprocess.run([*kefu, "db", "upgrade"], env=env, check=True, capture_output=True)
-    subprocess.run(
-        [*kefu, "user", "create", "bench", "--role", "admin", "--password", PASSWORD],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    log = open(server_log, "ab") if server_log else subprocess.DEVNULL  # noqa: SIM115, ASYNC230 - closed below
-    server = subprocess.Popen([*kefu, "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        await _wait_ready(base)
-        return await _measure(base, agents, contacts, rate)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        if server_log:
-            log.close()  # type: ignore[union-attr]
+    # The server's output goes to ``server_log`` when given, else nowhere.
+    with open(server_log, "ab") if server_log else nullcontext() as log:  # noqa: ASYNC230 - before measuring
+        async with kefu_server(database_url, data_dir, log=log) as base:
+            return await _measure(base, agents, contacts, rate)
 
 
 async def main() -> None:
@@ -295,21 +254,8 @@ async def main() -> None:
         # Other work on the machine competes with the server and the load generator: read figures with it.
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
-    data_dir = Path(tempfile.mkdtemp(prefix=f"kefu-pop-{args.database}-"))
-    try:
-        if args.database == "sqlite":
-            url = f"sqlite+aiosqlite:///{data_dir / 'kefu.db'}"
-            results.update(await _run(url, data_dir, args.agents, args.contacts, args.rate, args.server_log))
-        else:
-            name = f"kefu_bench_{uuid.uuid4().hex[:8]}"
-            await _pg_admin(f'CREATE DATABASE "{name}"')
-            try:
-                url = PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
-                results.update(await _run(url, data_dir, args.agents, args.contacts, args.rate, args.server_log))
-            finally:
-                await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    async with fresh_database(args.database) as (url, data_dir):
+        results.update(await _run(url, data_dir, args.agents, args.contacts, args.rate, args.server_log))
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     json.dump(results, sys.stdout, indent=2, ensure_ascii=False)
     print()

@@ -21,9 +21,7 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +29,17 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_throughput import PASSWORD, PG_SERVER, _env, _free_port, _pg_admin  # noqa: E402
+from bench_support import (  # noqa: E402
+    PASSWORD,
+    free_port,
+    fresh_database,
+    kefu,
+    kefu_server,
+    percentile,
+    pg_admin,
+    server_env,
+    token_for,
+)
 
 AGENTS = 400
 TEAMS = 20
@@ -115,7 +123,7 @@ def _summary(latencies: list[float], statuses: list[int]) -> dict[str, float]:
         "requests": len(latencies),
         "errors": sum(1 for s in statuses if s >= 400),
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
-        "p95_ms": round(latencies[max(0, int(len(latencies) * 0.95) - 1)] * 1000, 1),
+        "p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
         "max_ms": round(latencies[-1] * 1000, 1),
     }
 
@@ -164,15 +172,6 @@ async def _time_pages(base: str, tokens: dict[str, str], customers: int, request
     return results
 
 
-async def _token_for(base: str, username: str) -> str:
-    async with httpx.AsyncClient(base_url=base, timeout=10) as c:
-        login = (await c.post("/api/v1/auth/login", json={"login": username, "password": PASSWORD})).json()
-        made = await c.post(
-            "/api/v1/me/tokens", json={"name": "bench", "scopes": ["*"]}, headers={"X-CSRF-Token": login["csrf_token"]}
-        )
-        return made.json()["token"]
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=200_000)
@@ -183,68 +182,40 @@ async def main() -> None:
     parser.add_argument("--reuse", default="", help="name of a database kept by an earlier --keep run")
     args = parser.parse_args()
 
-    name = args.reuse or f"kefu_bench_scale_{uuid.uuid4().hex[:8]}"
-    url = PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
-    dsn = url.replace("+asyncpg", "")
-    data_dir = Path(tempfile.mkdtemp(prefix="kefu-bench-scale-"))
-    port = _free_port()
-    env = _env(url, data_dir, port)
-    kefu = [sys.executable, "-m", "kefu.cli"]
     result: dict[str, object] = {
         "benchmark": "service_desk_scale",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "database": "postgresql",
         "rows": {"customers": args.customers, "work_orders": args.work_orders, "interactions": args.interactions},
     }
-    if not args.reuse:
-        await _pg_admin(f'CREATE DATABASE "{name}"')
+    # A named database is neither created nor dropped by fresh_database: --keep makes one, and a reused
+    # one is dropped afterwards unless --keep.
+    name = args.reuse
+    if args.keep and not name:
+        name = f"kefu_bench_scale_{uuid.uuid4().hex[:8]}"
+        await pg_admin(f'CREATE DATABASE "{name}"')
     try:
-        if not args.reuse:
-            subprocess.run([*kefu, "db", "upgrade"], env=env, check=True, capture_output=True)
-            began = time.perf_counter()
-            result["fill_seconds"] = await _fill(dsn, args.customers, args.work_orders, args.interactions)
-            result["fill_total_seconds"] = round(time.perf_counter() - began, 1)
-            for username, role in (("bench-sup", "supervisor"),):
-                subprocess.run(
-                    [*kefu, "user", "create", username, "--role", role, "--password", PASSWORD],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                )
-            subprocess.run(
-                [*kefu, "user", "set-password", "bench-agent-1"],
-                env=env,
-                check=True,
-                capture_output=True,
-                input=f"{PASSWORD}\n{PASSWORD}\n",
-                text=True,
-            )
-        server = subprocess.Popen(
-            [*kefu, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            async with httpx.AsyncClient(base_url=base, timeout=5) as c:
-                for _ in range(600):
-                    try:
-                        if (await c.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(0.1)
-            tokens = {
-                "agent": await _token_for(base, "bench-agent-1"),
-                "supervisor": await _token_for(base, "bench-sup"),
-            }
-            result["pages"] = await _time_pages(base, tokens, args.customers, args.requests)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+        async with fresh_database("postgresql", name=name) as (url, data_dir):
+            if not args.reuse:
+                env = server_env(url, data_dir, free_port())
+                kefu(env, "db", "upgrade")
+                began = time.perf_counter()
+                dsn = url.replace("+asyncpg", "")
+                result["fill_seconds"] = await _fill(dsn, args.customers, args.work_orders, args.interactions)
+                result["fill_total_seconds"] = round(time.perf_counter() - began, 1)
+                kefu(env, "user", "create", "bench-sup", "--role", "supervisor", "--password", PASSWORD)
+                kefu(env, "user", "set-password", "bench-agent-1", stdin=f"{PASSWORD}\n{PASSWORD}\n")
+            async with kefu_server(url, data_dir, prepare=False) as base:
+                tokens = {
+                    "agent": await token_for(base, "bench-agent-1"),
+                    "supervisor": await token_for(base, "bench-sup"),
+                }
+                result["pages"] = await _time_pages(base, tokens, args.customers, args.requests)
     finally:
-        if not args.keep:
-            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        else:
+        if args.keep:
             result["kept_database"] = name
+        elif args.reuse:
+            await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
     print()
 

@@ -19,7 +19,7 @@ from kefu.customers import service as customers
 from kefu.customers.models import Customer, CustomerIdentity, CustomerNote
 from kefu.db.base import utcnow
 from kefu.interactions import service as interactions
-from kefu.interactions.models import Interaction, InteractionState
+from kefu.interactions.models import Interaction
 from kefu.knowledge import service as knowledge
 from kefu.knowledge.content import plain_text
 from kefu.knowledge.index import KnowledgeIndex
@@ -34,7 +34,6 @@ KB_HITS = 6
 ANSWER_CHARS = 4000  # an answer longer than this is cut for the reply box; the article link has it all
 # Contacts that reached an agent but were not yet offered through routing (posted by the API with an
 # agent): they are in the agent's hands too.
-WAITING_STATES = (InteractionState.arrived, InteractionState.queued)
 WORK_ORDER_TYPES = tuple(t.value for t in WorkOrderType)
 RESOLVABLE = tuple(
     s.value for s in (WorkOrderStatus.new, WorkOrderStatus.open, WorkOrderStatus.pending, WorkOrderStatus.reopened)
@@ -124,13 +123,8 @@ async def contacts_in_hand(db: AsyncSession, principal: Principal) -> list[Conta
     them directly that routing has not offered yet."""
     if principal.user_id is None:
         return []
-    views = list(await interactions.current_for_agent(db, principal.user_id))
-    for state in WAITING_STATES:
-        views += await interactions.list_interactions(
-            db, principal, interactions.InteractionFilter(agent_id=principal.user_id, state=state), limit=50
-        )
-    unique = {v.interaction.id: v for v in views}
-    ordered = sorted(unique.values(), key=lambda v: (v.interaction.arrived_at, v.interaction.id), reverse=True)
+    views = await interactions.current_for_agent(db, principal.user_id)
+    ordered = sorted(views, key=lambda v: (v.interaction.arrived_at, v.interaction.id), reverse=True)
     return [_line(v) for v in ordered]
 
 

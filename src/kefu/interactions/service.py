@@ -247,11 +247,13 @@ async def last_contact(db: AsyncSession, principal: Principal, customer_id: int)
 
 
 async def current_for_agent(db: AsyncSession, agent_id: int) -> list[InteractionView]:
-    """What is on the agent's desk now: offered, being handled, or in wrap-up; oldest first. The agent's
-    own desk, so no visibility filter: these were given to them."""
+    """What is on the agent's desk now: given to them directly (arrived or queued with their name on it),
+    offered, being handled, or in wrap-up; oldest first. The agent's own desk, so no visibility filter:
+    these were given to them."""
+    on_desk = [s.value for s in (InteractionState.arrived, InteractionState.queued, *ACTIVE_STATES)]
     stmt = (
         _with_names()
-        .where(Interaction.agent_id == agent_id, Interaction.state.in_([s.value for s in ACTIVE_STATES]))
+        .where(Interaction.agent_id == agent_id, Interaction.state.in_(on_desk))
         .order_by(Interaction.arrived_at, Interaction.id)
     )
     return _views((await db.execute(stmt)).all())
