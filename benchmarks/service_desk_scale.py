@@ -49,11 +49,11 @@ def fill_sql(customers: int, work_orders: int, interactions: int) -> list[str]:
     """Set-based inserts: a million rows in seconds, not the hours one API call per row would take."""
     return [
         f"""INSERT INTO teams (name, description, is_active, created_at, updated_at)
-            SELECT 'bench-team-' || g, '', true, now(), now() FROM generate_series(1, {TEAMS}) g""",
+            SELECT 'bench-team-' || g, '', true, now(), now() FROM generate_series(1::bigint, {TEAMS}) g""",
         f"""INSERT INTO users (username, display_name, is_active, locale, time_zone, security_stamp,
                                created_at, updated_at)
             SELECT 'bench-agent-' || g, '坐席' || g, true, 'zh_CN', 'Asia/Shanghai', 0, now(), now()
-            FROM generate_series(1, {AGENTS}) g""",
+            FROM generate_series(1::bigint, {AGENTS}) g""",
         "INSERT INTO user_roles (user_id, role) SELECT id, 'agent' FROM users WHERE username LIKE 'bench-agent-%'",
         """CREATE TABLE bench_agents AS
             SELECT row_number() OVER (ORDER BY u.id) - 1 AS rn, u.id AS user_id, t.id AS team_id
@@ -64,7 +64,7 @@ def fill_sql(customers: int, work_orders: int, interactions: int) -> list[str]:
             SELECT 'bench-' || g, '原因' || g, true, g, now(), now() FROM generate_series(1, 30) g""",
         f"""INSERT INTO customers (display_name, external_id, language, attributes, created_at, updated_at)
             SELECT '客户' || g, 'bench-' || g, 'zh-CN', '{{}}'::jsonb, now() - (g % 365) * interval '1 day', now()
-            FROM generate_series(1, {customers}) g""",
+            FROM generate_series(1::bigint, {customers}) g""",
         """INSERT INTO customer_identities (customer_id, kind, value, verified, created_at)
             SELECT id, 'phone', '+86138' || lpad(id::text, 8, '0'), false, now() FROM customers""",
         f"""INSERT INTO work_orders (type, status, priority, title, description, customer_id, team_id,
@@ -80,7 +80,7 @@ def fill_sql(customers: int, work_orders: int, interactions: int) -> list[str]:
                    now() + ((g % 10) - 3) * interval '1 day',
                    now() + ((g % 10) - 5) * interval '1 hour',
                    CASE WHEN g % 8 >= 4 THEN now() - (g % 300) * interval '1 day' END
-            FROM generate_series(1, {work_orders}) g
+            FROM generate_series(1::bigint, {work_orders}) g
             JOIN bench_agents a ON a.rn = (g * 31) % {AGENTS}""",
         f"""INSERT INTO interactions (channel, direction, external_id, state, customer_id, identity_kind,
                 identity_value, queue, team_id, agent_id, work_order_id, subject, contact_reason_id,
@@ -94,7 +94,7 @@ def fill_sql(customers: int, work_orders: int, interactions: int) -> list[str]:
                    t + interval '300 second', t + interval '330 second'
             FROM (SELECT g, 1 + (g * 104729) % {customers} AS c,
                          now() - (g % 365) * interval '1 day' - (g % 86400) * interval '1 second' AS t
-                  FROM generate_series(1, {interactions}) g) s
+                  FROM generate_series(1::bigint, {interactions}) g) s
             JOIN bench_agents a ON a.rn = (g * 17) % {AGENTS}""",
         "DROP TABLE bench_agents",
         "ANALYZE",

@@ -9,6 +9,7 @@ the session and dropped after it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import os
 import socket
@@ -111,16 +112,24 @@ def db_factory(app):  # noqa: ANN001, ANN201
     return app.state.session_factory
 
 
+_counting: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("kefu_counting", default=None)
+
+
 class QueryCounter:
-    """Counts the SQL statements the app runs while active (``with QueryCounter(app) as q: ...; q.count``).
-    Used to guard pages and lists against N+1 queries: the count must not grow with the rows shown."""
+    """Counts the SQL statements the test's own requests run (``with QueryCounter(app) as q: ...; q.count``).
+    Used to guard pages and lists against N+1 queries: the count must not grow with the rows shown.
+    Only statements run in this task's context count: the knowledge index and other background tasks
+    query the database on their own schedule."""
 
     def __init__(self, app) -> None:  # noqa: ANN001
         self.engine = app.state.engine.sync_engine
         self.statements: list[str] = []
 
-    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001, PLR0913
-        self.statements.append(statement)
+    @staticmethod
+    def _seen(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001, PLR0913
+        counting = _counting.get()
+        if counting is not None:
+            counting.append(statement)
 
     @property
     def count(self) -> int:
@@ -129,13 +138,13 @@ class QueryCounter:
     def __enter__(self) -> QueryCounter:
         from sqlalchemy import event
 
-        event.listen(self.engine, "before_cursor_execute", self._seen)
+        self._token = _counting.set(self.statements)
+        if not event.contains(self.engine, "before_cursor_execute", QueryCounter._seen):
+            event.listen(self.engine, "before_cursor_execute", QueryCounter._seen)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from sqlalchemy import event
-
-        event.remove(self.engine, "before_cursor_execute", self._seen)
+        _counting.reset(self._token)
 
 
 def unique(prefix: str = "u") -> str:

@@ -3,16 +3,15 @@ fields, merges and links, attachments, export, and a guard against N+1 queries i
 
 from __future__ import annotations
 
-import contextvars
 import csv
 import io
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from wo_support import create, two_teams
 
-from conftest import signed_in_clients
+from conftest import QueryCounter, signed_in_clients
 from kefu.tickets.models import WorkOrder, WorkOrderComment, WorkOrderLink
 
 
@@ -452,9 +451,6 @@ async def test_saved_views_are_per_user(clients) -> None:  # noqa: ANN001
 
 
 # --- N+1 guard ---------------------------------------------------------------------------------------
-_counting: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("counting", default=None)
-
-
 async def test_list_runs_a_fixed_number_of_queries(app, make, clients, world) -> None:  # noqa: ANN001
     a = clients["a"]
     assignees = [await make.user("agent", team_ids=(world.team_a,)) for _ in range(3)]
@@ -463,28 +459,13 @@ async def test_list_runs_a_fixed_number_of_queries(app, make, clients, world) ->
         await create(a, tags=[few, f"x{i}"], assignee_id=assignees[i % 3].id, customer_id=world.customer_id)
     for i in range(40):
         await create(a, tags=[many, f"y{i}"], assignee_id=assignees[i % 3].id, customer_id=world.customer_id)
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen = _counting.get()
-        if seen is not None:  # only this test's requests: the knowledge index polls in the background
-            seen.append(statement)
-
-    engine = app.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        counts = {}
-        for tag, expected in ((few, 3), (many, 40)):
-            statements: list[str] = []
-            token = _counting.set(statements)
-            try:
-                response = await a.get("/api/v1/work-orders", params={"tag": tag, "limit": 50})
-            finally:
-                _counting.reset(token)
-            items = response.json()["items"]
-            assert len(items) == expected
-            assert all(i["assignee_name"] and i["customer_name"] and i["team_name"] for i in items)
-            counts[tag] = len(statements)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    counts = {}
+    for tag, expected in ((few, 3), (many, 40)):
+        with QueryCounter(app) as queries:
+            response = await a.get("/api/v1/work-orders", params={"tag": tag, "limit": 50})
+        items = response.json()["items"]
+        assert len(items) == expected
+        assert all(i["assignee_name"] and i["customer_name"] and i["team_name"] for i in items)
+        counts[tag] = queries.count
     assert counts[few] > 0
     assert counts[few] == counts[many], counts

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
 
 from kefu.core import audit
 from kefu.core.audit import Actor
@@ -52,6 +53,15 @@ def actor_of(principal: Principal) -> Actor:
 
 
 # --- users ---------------------------------------------------------------------------------------
+async def display_names(db: AsyncSession, user_ids: Iterable[int | None]) -> dict[int, str]:
+    """id -> display name for the given users, in one query (pages naming authors, assignees...)."""
+    wanted = sorted({i for i in user_ids if i})
+    if not wanted:
+        return {}
+    rows = await db.execute(select(User.id, User.display_name).where(User.id.in_(wanted)))
+    return {user_id: name for user_id, name in rows.all()}
+
+
 async def get_user(db: AsyncSession, user_id: int) -> User:
     user = await db.get(User, user_id)
     if user is None:
@@ -235,8 +245,13 @@ async def get_team(db: AsyncSession, team_id: int) -> Team:
     return team
 
 
-async def list_teams(db: AsyncSession) -> list[Team]:
-    return list((await db.scalars(select(Team).order_by(Team.name))).all())
+async def list_teams(db: AsyncSession, *, with_members: bool = True) -> list[Team]:
+    """All teams by name. ``with_members=False`` for pick lists: members (and through them every member's
+    roles, skills and languages) are then not loaded at all, and touching them raises."""
+    stmt = select(Team).order_by(Team.name)
+    if not with_members:
+        stmt = stmt.options(raiseload(Team.members))
+    return list((await db.scalars(stmt)).all())
 
 
 async def create_team(db: AsyncSession, actor: Actor, *, name: str, description: str = "") -> Team:

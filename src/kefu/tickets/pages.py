@@ -122,13 +122,7 @@ async def _end_reads(db: AsyncSession) -> None:
 
 
 async def _names(db: AsyncSession, ids: set[int | None]) -> dict[int, str]:
-    names: dict[int, str] = {}
-    for user_id in sorted(i for i in ids if i):
-        try:
-            names[user_id] = (await identity.get_user(db, user_id)).display_name
-        except NotFound:
-            continue
-    return names
+    return await identity.display_names(db, ids)
 
 
 async def _custom_fields(db: AsyncSession, data: dict[str, Any], *, creating: bool) -> dict[str, Any]:
@@ -259,7 +253,7 @@ async def _list_page(
         statuses=STATUSES,
         types=TYPES,
         priorities=PRIORITIES,
-        teams=await identity.list_teams(db),
+        teams=await identity.list_teams(db, with_members=False),
         can_views=can_views,
         can_create=allows(principal, "work_order", "create"),
         can_escalations=allows(principal, "escalation", "list"),
@@ -339,7 +333,7 @@ async def _new_page(
         customers=found,
         types=TYPES,
         priorities=PRIORITIES,
-        teams=[t for t in await identity.list_teams(db) if t.is_active],
+        teams=[t for t in await identity.list_teams(db, with_members=False) if t.is_active],
         fields=await service.list_fields(db, include_inactive=False),
     )
 
@@ -473,7 +467,7 @@ async def _work_order_page(
             customer = await customers.get_customer(db, principal, wo.customer_id)
         except NotFound:
             customer = None
-    teams = await identity.list_teams(db)
+    teams = await identity.list_teams(db, with_members=False)
     can_update = allows(principal, "work_order", "update")
     assignees = []
     if can_update and wo.team_id is not None:
@@ -920,7 +914,7 @@ async def escalations_page(
         }
         for e, w in ordered
     ]
-    teams = await identity.list_teams(db)
+    teams = await identity.list_teams(db, with_members=False)
     return _page(request, "tickets/escalations.html", principal, rows=rows, team_names={t.id: t.name for t in teams})
 
 

@@ -369,7 +369,7 @@ async def users_page(
         principal,
         users=users,
         q=q[:100],
-        teams={t.id: t.name for t in await service.list_teams(db)},
+        teams={t.id: t.name for t in await service.list_teams(db, with_members=False)},
     )
 
 
