@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import Annotated, Any, TypeVar
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
@@ -23,7 +23,7 @@ from kefu.core.auth import CSRF_COOKIE, SESSION_COOKIE, anonymous_csrf_token, re
 from kefu.core.errors import ApiError
 from kefu.core.i18n import LANG_COOKIE, SUPPORTED_LOCALES, Translator, request_locale
 from kefu.core.policy import Principal, allows, authorize
-from kefu.core.schemas import IdParam, IdQuery
+from kefu.core.schemas import MAX_ID, IdParam, IdQuery
 from kefu.db.session import get_db
 from kefu.identity import service
 from kefu.identity.api import set_session_cookie
@@ -62,6 +62,7 @@ TIME_ZONES = (
 
 
 # --- rendering -----------------------------------------------------------------------------------
+USERS_PAGE = 200
 NAV = (
     # (path, label, object, action): an entry shows only to those the matrix lets in.
     ("/", "Home", "dashboard", "read"),
@@ -360,15 +361,22 @@ ROLE_CHOICES = [r.value for r in Role]
 
 @router.get("/admin/users")
 async def users_page(
-    request: Request, q: str = "", db: AsyncSession = Depends(get_db), principal: Principal = authorize("user", "list")
+    request: Request,
+    q: str = "",
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    db: AsyncSession = Depends(get_db),
+    principal: Principal = authorize("user", "list"),
 ) -> Response:
-    users = await service.list_users(db, service.UserFilter(query=q[:100]), limit=500)
+    users = await service.list_users(db, service.UserFilter(query=q[:100]), after_id=after_id, limit=USERS_PAGE + 1)
+    more = len(users) > USERS_PAGE
+    users = users[:USERS_PAGE]
     return render(
         request,
         "admin/users.html",
         principal,
         users=users,
         q=q[:100],
+        next_url=f"/admin/users?{urlencode({'q': q[:100], 'after_id': users[-1].id})}" if more else None,
         teams={t.id: t.name for t in await service.list_teams(db, with_members=False)},
     )
 
