@@ -124,8 +124,14 @@ def visibility_clause(principal: Principal) -> ColumnElement[bool]:
         return false()
     if _sees_all(principal):
         return true()
-    visible_work_orders = select(WorkOrder.id).where(work_order_visibility(principal))
-    return or_(Interaction.work_order_id.is_(None), Interaction.work_order_id.in_(visible_work_orders))
+    # Correlated EXISTS, not IN (SELECT ... every visible work order): a customer's few interactions are
+    # checked by primary key, where IN made PostgreSQL hash 200k work orders for some plans.
+    visible_work_order = (
+        select(WorkOrder.id)
+        .where(WorkOrder.id == Interaction.work_order_id, work_order_visibility(principal))
+        .exists()
+    )
+    return or_(Interaction.work_order_id.is_(None), visible_work_order)
 
 
 def _with_names() -> Any:
