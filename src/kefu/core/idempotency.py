@@ -51,6 +51,7 @@ from kefu.settings import Settings
 log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
+HEADER_BYTES = HEADER.lower().encode()  # ASGI header names are lower-case bytes
 MAX_KEY_LENGTH = 255
 MAX_STORED_BODY = 1024 * 1024
 RETENTION = timedelta(hours=48)
@@ -184,8 +185,12 @@ class IdempotencyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS:
-            await self.app(scope, receive, send)
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in UNSAFE_METHODS
+            or not any(name == HEADER_BYTES for name, _ in scope.get("headers", ()))
+        ):
+            await self.app(scope, receive, send)  # nothing to keep: answers are copied only for keyed writes
             return
         state = scope.setdefault("state", {})
         captured: dict[str, Any] = {"status": None, "type": None, "body": bytearray(), "too_big": False}
