@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     kb_attachment_max_bytes: int = 10 * 1024 * 1024
     # The search re-ranker learns from similar questions; retrained at most this often after changes.
     kb_reranker_retrain_seconds: float = 1800
+    # Routing's rest rule: after this long continuously on line, a break of routing_rest_break_seconds
+    # before the next contact (0 turns the rule off).
+    routing_rest_after_seconds: int = 7200
+    routing_rest_break_seconds: int = 900
+    # An agent who lets this many offers in a row ring out is set to not ready (a break).
+    routing_missed_offers_limit: int = 2
     log_level: str = "INFO"
     log_json: bool = True
 

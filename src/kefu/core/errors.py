@@ -29,6 +29,11 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class Forbidden(ApiError):
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(403, "forbidden", message, details)
+
+
 class NotFound(ApiError):
     def __init__(self, what: str = "object") -> None:
         super().__init__(404, "not_found", f"{what} not found")

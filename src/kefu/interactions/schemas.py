@@ -52,7 +52,10 @@ class InteractionCreate(RequestModel):
     identity: IdentityIn | None = None
     create_customer: bool = False
     customer_id: DbId | None = None
+    # A routing queue's code: the contact is queued there and routed to the best agent.
     queue: QueueName | None = None
+    # Added to the queue's priority while routing (higher is served first).
+    priority: int = Field(default=0, ge=-100, le=100)
     team_id: DbId | None = None
     agent_id: DbId | None = None
     subject: Subject | None = None
@@ -69,6 +72,7 @@ class InteractionCreate(RequestModel):
             create_customer=self.create_customer,
             customer_id=self.customer_id,
             queue=self.queue,
+            priority=self.priority,
             team_id=self.team_id,
             agent_id=self.agent_id,
             subject=self.subject,

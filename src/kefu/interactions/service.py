@@ -127,9 +127,7 @@ def visibility_clause(principal: Principal) -> ColumnElement[bool]:
     # Correlated EXISTS, not IN (SELECT ... every visible work order): a customer's few interactions are
     # checked by primary key, where IN made PostgreSQL hash 200k work orders for some plans.
     visible_work_order = (
-        select(WorkOrder.id)
-        .where(WorkOrder.id == Interaction.work_order_id, work_order_visibility(principal))
-        .exists()
+        select(WorkOrder.id).where(WorkOrder.id == Interaction.work_order_id, work_order_visibility(principal)).exists()
     )
     return or_(Interaction.work_order_id.is_(None), visible_work_order)
 
@@ -350,6 +348,7 @@ class NewInteraction:
     create_customer: bool = False
     customer_id: int | None = None
     queue: str | None = None
+    priority: int = 0
     team_id: int | None = None
     agent_id: int | None = None
     subject: str | None = None
@@ -416,6 +415,11 @@ async def create_interaction(
         if existing is not None:
             return existing, False
     agent = await _active_staff(db, new.agent_id) if new.agent_id is not None else None
+    routing_queue = None
+    if new.queue is not None:
+        from kefu.routing import service as routing
+
+        routing_queue = await routing.queue_by_code(db, new.queue)
     if new.team_id is not None:
         await _check_team(db, new.team_id)
     if new.work_order_id is not None:
@@ -455,6 +459,19 @@ async def create_interaction(
         return existing, False
     customer_name = customer.display_name if customer is not None else None
     _pop(db, interaction, customer_name)
+    if routing_queue is not None and agent is None and new.direction == Direction.inbound:
+        from kefu.routing import service as routing
+
+        await routing.enqueue(
+            db,
+            interaction.id,
+            routing_queue.id,
+            channel=interaction.channel,
+            customer_id=interaction.customer_id,
+            priority=new.priority,
+            now=max(arrived_at, now),
+        )
+        await db.refresh(interaction)
     return InteractionView(
         interaction,
         customer_name=customer_name,
@@ -563,10 +580,75 @@ async def record_event(
     setattr(interaction, column, at)
     interaction.state = derived_state(interaction)
     await db.flush()
+    if event in ("ended", "abandoned"):
+        from kefu.routing import service as routing
+
+        await routing.interaction_ended(db, interaction.id, event, at)
+    elif event == "wrap_up_ended" and interaction.agent_id is not None:
+        from kefu.routing import service as routing
+
+        await routing.end_after_contact_work(db, interaction.agent_id, now=at)
     view = await view_of(db, interaction)
     if new_agent is not None:
         _pop(db, interaction, view.customer_name)
     return view, True
+
+
+# --- written by routing ------------------------------------------------------------------------------
+_ROUTING_STATES = {"queued": InteractionState.queued, "offered": InteractionState.offered}
+
+
+async def routing_stamp(
+    db: AsyncSession, interaction_id: int, event: str, at: datetime, *, queue: str | None = None
+) -> bool:
+    """Routing records that a contact was queued or first offered: written once (a later re-offer keeps
+    the first time), never over a later fact. One UPDATE, no read: it sits on routing's hot path."""
+    column = getattr(Interaction, EVENT_FIELDS[event])
+    values: dict[Any, Any] = {column: at, Interaction.state: _ROUTING_STATES[event]}
+    if queue is not None:
+        values[Interaction.queue] = queue
+    done = await db.execute(
+        update(Interaction)
+        .where(
+            Interaction.id == interaction_id,
+            column.is_(None),
+            Interaction.answered_at.is_(None),
+            Interaction.abandoned_at.is_(None),
+            Interaction.ended_at.is_(None),
+        )
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )
+    return done.rowcount == 1
+
+
+async def routing_answered(db: AsyncSession, interaction_id: int, agent_id: int, at: datetime) -> None:
+    """The agent accepted routing's offer: the contact is theirs, answered now, and pops on their desk."""
+    interaction = await db.get(Interaction, interaction_id, with_for_update=True, populate_existing=True)
+    if interaction is None:
+        raise NotFound("interaction")
+    if interaction.answered_at is not None or interaction.ended_at is not None or interaction.abandoned_at is not None:
+        raise Conflict("the contact was already answered or has ended", {"interaction_id": interaction_id})
+    interaction.agent_id = agent_id
+    if interaction.offered_at is None:
+        interaction.offered_at = at
+    interaction.answered_at = at
+    interaction.state = derived_state(interaction)
+    await db.flush()
+    customer_name = None
+    if interaction.customer_id is not None:
+        customer_name = await db.scalar(select(Customer.display_name).where(Customer.id == interaction.customer_id))
+    _pop(db, interaction, customer_name)
+
+
+async def link_work_order(db: AsyncSession, interaction_id: int, work_order_id: int) -> None:
+    """Attach a work order opened for the contact by the system (routing's maximum-wait action)."""
+    await db.execute(
+        update(Interaction)
+        .where(Interaction.id == interaction_id, Interaction.work_order_id.is_(None))
+        .values(work_order_id=work_order_id)
+        .execution_options(synchronize_session=False)
+    )
 
 
 # --- wrap-up ---------------------------------------------------------------------------------------

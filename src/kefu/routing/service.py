@@ -1,0 +1,1375 @@
+"""The database-backed router: presence, enqueueing, offers as leases, and the decisions themselves.
+
+Routing runs again whenever something changes who can take what: a contact is enqueued, an agent
+becomes available, capacity frees up, an offer is declined or rings out, skills or queue memberships
+change, and (from the periodic sweep) when a waiting contact reaches a bullseye step, its sticky
+reservation ends, it should overflow or it has waited the maximum.
+
+Each decision loads the candidates with one query, asks ``routing.policy`` (the same functions the
+simulator uses) who is best, and claims the pair with two compare-and-set UPDATEs in one transaction:
+the entry (still waiting, same version) and the agent (still present, still with capacity). Whoever
+loses a race simply sees zero rows updated and tries the next candidate. Locks are always taken entry
+first, agent second. Offers are leases with an expiry: if the process holding one dies, the sweep of any
+other process finds it expired and routes the contact again.
+
+Times inside are aware UTC datetimes; ``now`` can be passed in (tests, the simulator's database mode).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kefu.core import audit
+from kefu.core.errors import Conflict, Forbidden, Invalid, NotFound
+from kefu.core.events import Event, publish_on_commit
+from kefu.core.policy import Principal
+from kefu.db.base import utcnow
+from kefu.identity.models import AgentLanguage, AgentSkill, TeamMember, User
+from kefu.identity.service import actor_of
+from kefu.routing import policy
+from kefu.routing.models import (
+    AgentState,
+    AgentStateChange,
+    Assignment,
+    CapacityAssignment,
+    CapacityProfile,
+    EntryState,
+    MaxWaitAction,
+    Offer,
+    OfferOutcome,
+    QueueMember,
+    QueueSkill,
+    RoutingEntry,
+    RoutingQueue,
+)
+from kefu.routing.policy import Presence
+
+log = logging.getLogger(__name__)
+
+OFFER_EVENT = "routing.offer"  # to the agent: a contact is ringing for you
+OFFER_GONE_EVENT = "routing.offer_gone"  # to the agent: that offer was withdrawn or rang out
+PRESENCE_EVENT = "routing.presence"  # to the agent and supervisors: a presence change
+ENTRY_EVENT = "routing.entry"  # to supervisors and channels: a contact entered/left a queue, max-wait action
+SUPERVISOR_ROLES = ("supervisor", "admin")
+
+# How many waiting contacts per queue an agent's decision looks at (more are read only if every one of
+# these is excluded for the agent, which takes an agent who declined that many).
+CONTACTS_PER_QUEUE = 20
+SWEEP_BATCH = 200
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    rest: policy.RestRule = field(default_factory=policy.RestRule)
+    missed_offers_limit: int = 2
+
+
+_config = RoutingConfig()
+
+
+def configure(settings: Any) -> None:
+    """Take the rest rule and the missed-offer limit from the process's settings (at app start)."""
+    global _config  # noqa: PLW0603 - one routing configuration per process, from its settings
+    _config = RoutingConfig(
+        rest=policy.RestRule(settings.routing_rest_after_seconds, settings.routing_rest_break_seconds),
+        missed_offers_limit=settings.routing_missed_offers_limit,
+    )
+
+
+def config() -> RoutingConfig:
+    return _config
+
+
+def _ts(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _dt(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+# --- queues as decision rules ------------------------------------------------------------------------
+def bullseye_steps(raw: Iterable[dict[str, Any]]) -> tuple[policy.BullseyeStep, ...]:
+    return tuple(
+        policy.BullseyeStep(
+            after_seconds=int(step["after_seconds"]),
+            proficiency_drop=int(step.get("proficiency_drop", 1)),
+            any_member=bool(step.get("any_member", False)),
+        )
+        for step in raw
+    )
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue as routing uses it: the decision rule plus what the database router needs besides."""
+
+    row_id: int
+    code: str
+    channel: str
+    rule: policy.QueueRule
+    offer_timeout_seconds: int
+    after_contact_seconds: int
+    overflow_queue_id: int | None
+    overflow_after_seconds: int | None
+    max_wait_seconds: int | None
+    max_wait_action: str
+    calendar_id: int | None
+    closed_action: str
+    active: bool
+
+    @property
+    def channel_class(self) -> str:
+        return policy.channel_class(self.channel)
+
+
+async def load_queues(db: AsyncSession, queue_ids: Iterable[int] | None = None) -> dict[int, QueueInfo]:
+    """Queue rules by id (all queues, or the given ones), in two queries."""
+    query = select(RoutingQueue)
+    skills_query = select(QueueSkill)
+    if queue_ids is not None:
+        wanted = sorted(set(queue_ids))
+        if not wanted:
+            return {}
+        query = query.where(RoutingQueue.id.in_(wanted))
+        skills_query = skills_query.where(QueueSkill.queue_id.in_(wanted))
+    needs: dict[int, list[policy.SkillNeed]] = {}
+    for row in (await db.scalars(skills_query.order_by(QueueSkill.queue_id, QueueSkill.skill_id))).all():
+        needs.setdefault(row.queue_id, []).append(policy.SkillNeed(row.skill_id, row.min_proficiency))
+    found = {}
+    for q in (await db.scalars(query)).all():
+        found[q.id] = QueueInfo(
+            row_id=q.id,
+            code=q.code,
+            channel=q.channel,
+            rule=policy.QueueRule(
+                id=q.id,
+                skills=tuple(needs.get(q.id, ())),
+                language=q.language,
+                priority=q.priority,
+                bullseye=bullseye_steps(q.bullseye or ()),
+                sticky_seconds=q.sticky_seconds,
+            ),
+            offer_timeout_seconds=q.offer_timeout_seconds,
+            after_contact_seconds=q.after_contact_seconds,
+            overflow_queue_id=q.overflow_queue_id,
+            overflow_after_seconds=q.overflow_after_seconds,
+            max_wait_seconds=q.max_wait_seconds,
+            max_wait_action=q.max_wait_action,
+            calendar_id=q.calendar_id,
+            closed_action=q.closed_action,
+            active=q.active,
+        )
+    return found
+
+
+async def queue_by_code(db: AsyncSession, code: str) -> RoutingQueue:
+    queue = await db.scalar(select(RoutingQueue).where(RoutingQueue.code == code))
+    if queue is None:
+        raise Invalid("queue does not name a routing queue", {"field": "queue", "queue": code})
+    return queue
+
+
+# --- agents as decision values -----------------------------------------------------------------------
+LOAD_COLUMNS = {cls: f"load_{cls}" for cls in policy.CHANNEL_CLASSES}
+CAP_COLUMNS = {cls: f"cap_{cls}" for cls in policy.CHANNEL_CLASSES}
+
+
+def capacity_of(state: AgentState) -> policy.Capacity:
+    return policy.Capacity(
+        voice=state.cap_voice,
+        chat=state.cap_chat,
+        email=state.cap_email,
+        message=state.cap_message,
+        voice_blocks_others=state.voice_blocks_others,
+        others_block_voice=state.others_block_voice,
+    )
+
+
+def load_of(state: AgentState) -> dict[str, int]:
+    return {cls: getattr(state, LOAD_COLUMNS[cls]) for cls in policy.CHANNEL_CLASSES}
+
+
+def _agent_view(
+    state: AgentState, skills: dict[int, int], languages: frozenset[str], queues: frozenset[int]
+) -> policy.AgentView:
+    return policy.AgentView(
+        id=state.user_id,
+        presence=state.presence,
+        skills=skills,
+        languages=languages,
+        queues=queues,
+        capacity=capacity_of(state),
+        load=load_of(state),
+        idle_since=state.idle_since.timestamp(),
+        on_line_since=_ts(state.on_line_since),
+    )
+
+
+def _capacity_clause(cls: str) -> Any:
+    """SQL twin of policy.Capacity.allows for agent_states rows (the claim's guard)."""
+    load = getattr(AgentState, LOAD_COLUMNS[cls])
+    cap = getattr(AgentState, CAP_COLUMNS[cls])
+    clause = load < cap
+    if cls == "voice":
+        others = AgentState.load_chat + AgentState.load_email + AgentState.load_message
+        clause = and_(clause, or_(AgentState.others_block_voice.is_(False), others == 0))
+    else:
+        clause = and_(clause, or_(AgentState.voice_blocks_others.is_(False), AgentState.load_voice == 0))
+    return clause
+
+
+def _routable_clause(cls: str, now: datetime, cfg: RoutingConfig) -> Any:
+    clause = and_(AgentState.presence.in_([p.value for p in policy.ROUTABLE]), _capacity_clause(cls))
+    if cfg.rest.after_seconds > 0:
+        cutoff = now - timedelta(seconds=cfg.rest.after_seconds)
+        clause = and_(clause, or_(AgentState.on_line_since.is_(None), AgentState.on_line_since > cutoff))
+    return clause
+
+
+async def _skills_of(db: AsyncSession, user_ids: Sequence[int]) -> dict[int, dict[int, int]]:
+    skills: dict[int, dict[int, int]] = {uid: {} for uid in user_ids}
+    if user_ids:
+        rows = await db.execute(
+            select(AgentSkill.user_id, AgentSkill.skill_id, AgentSkill.proficiency).where(
+                AgentSkill.user_id.in_(user_ids)
+            )
+        )
+        for user_id, skill_id, proficiency in rows:
+            skills[user_id][skill_id] = proficiency
+    return skills
+
+
+async def _languages_of(db: AsyncSession, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+    found: dict[int, set[str]] = {uid: set() for uid in user_ids}
+    if user_ids:
+        for user_id, language in await db.execute(
+            select(AgentLanguage.user_id, AgentLanguage.language).where(AgentLanguage.user_id.in_(user_ids))
+        ):
+            found[user_id].add(language)
+    return {uid: frozenset(langs) for uid, langs in found.items()}
+
+
+async def _memberships_of(db: AsyncSession, user_id: int) -> frozenset[int]:
+    return frozenset((await db.scalars(select(QueueMember.queue_id).where(QueueMember.user_id == user_id))).all())
+
+
+# --- presence ----------------------------------------------------------------------------------------
+async def _resolved_capacity(db: AsyncSession, user_id: int) -> CapacityProfile | None:
+    """The agent's own profile, else their team's (the lowest team id if several), else None (defaults)."""
+    own = await db.scalar(
+        select(CapacityProfile)
+        .join(CapacityAssignment, CapacityAssignment.profile_id == CapacityProfile.id)
+        .where(CapacityAssignment.user_id == user_id)
+    )
+    if own is not None:
+        return own
+    return await db.scalar(
+        select(CapacityProfile)
+        .join(CapacityAssignment, CapacityAssignment.profile_id == CapacityProfile.id)
+        .join(TeamMember, TeamMember.team_id == CapacityAssignment.team_id)
+        .where(TeamMember.user_id == user_id)
+        .order_by(CapacityAssignment.team_id)
+        .limit(1)
+    )
+
+
+def _apply_capacity(state: AgentState, profile: CapacityProfile | None) -> None:
+    defaults = policy.Capacity()
+    source: Any = profile if profile is not None else defaults
+    for cls in policy.CHANNEL_CLASSES:
+        setattr(state, CAP_COLUMNS[cls], getattr(source, cls))
+    state.voice_blocks_others = source.voice_blocks_others
+    state.others_block_voice = source.others_block_voice
+
+
+async def refresh_capacity(db: AsyncSession, user_ids: Iterable[int]) -> None:
+    """Copy the resolved capacity profile onto the agents' state rows (after a profile change)."""
+    for user_id in sorted(set(user_ids)):
+        state = await db.get(AgentState, user_id, with_for_update=True)
+        if state is not None:
+            _apply_capacity(state, await _resolved_capacity(db, user_id))
+    await db.flush()
+
+
+async def _staff_agent(db: AsyncSession, user_id: int) -> User:
+    user = await db.get(User, user_id)
+    if user is None or not user.is_active:
+        raise NotFound("agent")
+    return user
+
+
+async def agent_state(
+    db: AsyncSession, user_id: int, *, for_update: bool = False, now: datetime | None = None
+) -> AgentState:
+    """The agent's routing state, created (offline, with their capacity) on first use."""
+    state = await db.get(AgentState, user_id, with_for_update=for_update, populate_existing=for_update)
+    if state is not None:
+        return state
+    await _staff_agent(db, user_id)
+    now = now or utcnow()
+    row = AgentState(user_id=user_id)
+    _apply_capacity(row, await _resolved_capacity(db, user_id))
+    values = {c: getattr(row, c) for c in (*LOAD_COLUMNS.values(), *CAP_COLUMNS.values()) if c.startswith("cap_")}
+    # ON CONFLICT DO NOTHING: two first requests of one agent in two processes create one row.
+    insert = postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
+    await db.execute(
+        insert(AgentState)
+        .values(
+            user_id=user_id,
+            presence=Presence.offline,
+            since=now,
+            idle_since=now,
+            rest_started_at=now,
+            voice_blocks_others=row.voice_blocks_others,
+            others_block_voice=row.others_block_voice,
+            **values,
+        )
+        .on_conflict_do_nothing(index_elements=["user_id"])
+    )
+    state = await db.get(AgentState, user_id, with_for_update=for_update, populate_existing=True)
+    assert state is not None
+    return state
+
+
+def _record_presence(
+    db: AsyncSession, state: AgentState, presence: str, reason: str | None, now: datetime, by: int | None
+) -> None:
+    previous = state.presence
+    db.add(
+        AgentStateChange(
+            user_id=state.user_id, presence=presence, reason=reason, previous=previous, at=now, changed_by_id=by
+        )
+    )
+    cfg = _config
+    if presence in policy.RESTING and previous not in policy.RESTING:
+        state.rest_started_at = now
+    if presence in policy.ROUTABLE and previous not in policy.ROUTABLE and previous != Presence.after_contact:
+        state.on_line_since = _dt(
+            cfg.rest.on_line_since_after(_ts(state.on_line_since), _ts(state.rest_started_at), now.timestamp())
+        )
+    if presence == Presence.available and previous != Presence.on_contact:
+        state.idle_since = now
+    state.presence = presence
+    state.reason = reason
+    state.since = now
+    state.version += 1
+    if presence != Presence.after_contact:
+        state.after_contact_until = None
+    publish_on_commit(
+        db,
+        Event(
+            PRESENCE_EVENT,
+            {"user_id": state.user_id, "presence": presence, "reason": reason, "since": now.isoformat()},
+            user_ids=(state.user_id,),
+            roles=SUPERVISOR_ROLES,
+        ),
+    )
+
+
+# The presences an agent (or a supervisor for them) may choose; on_contact is routing's to set.
+CHOOSABLE = (Presence.offline, Presence.available, Presence.break_, Presence.training, Presence.after_contact)
+BREAK_REASONS = ("rest", "meal", "meeting", "coaching", "personal", "technical", "missed_offers", "other")
+
+
+def _total_load(state: AgentState) -> int:
+    return sum(load_of(state).values())
+
+
+async def set_presence(
+    db: AsyncSession,
+    principal: Principal,
+    user_id: int,
+    presence: str,
+    *,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> AgentState:
+    """Change an agent's presence (their own, or anyone's for a supervisor) and route if they are free."""
+    now = now or utcnow()
+    if user_id != principal.user_id and not principal.has_role(*SUPERVISOR_ROLES):
+        raise Forbidden("only supervisors change another agent's presence")
+    if presence not in CHOOSABLE:
+        raise Invalid("presence is not one an agent can choose", {"field": "presence", "allowed": list(CHOOSABLE)})
+    if presence == Presence.break_:
+        if reason is None:
+            raise Invalid("a break needs a reason", {"field": "reason", "allowed": list(BREAK_REASONS)})
+        if reason not in BREAK_REASONS:
+            raise Invalid("unknown break reason", {"field": "reason", "allowed": list(BREAK_REASONS)})
+    elif reason is not None:
+        raise Invalid("only a break has a reason", {"field": "reason"})
+    if presence == Presence.after_contact:
+        raise Invalid("after-contact work starts when a contact ends", {"field": "presence"})
+    state = await agent_state(db, user_id, for_update=True, now=now)
+    load = _total_load(state)
+    if presence == Presence.offline and await _holds_contacts(db, user_id):
+        raise Conflict("finish or transfer your contacts before signing out of routing", {"contacts": load})
+    target = presence
+    if presence == Presence.available:
+        if state.presence in policy.ROUTABLE:
+            return state  # already taking contacts
+        # Back from a break with contacts still open (a chat kept during the break): on contact.
+        target = Presence.on_contact if load > 0 else Presence.available
+        _apply_capacity(state, await _resolved_capacity(db, user_id))
+        state.missed_offers = 0
+    elif state.presence == presence and state.reason == reason:
+        return state
+    # Leaving routing withdraws the offers ringing for the agent.
+    if target not in policy.ROUTABLE:
+        await _withdraw_offers_of(db, user_id, now)
+    _record_presence(db, state, target, reason, now, principal.user_id)
+    await db.flush()
+    if target in policy.ROUTABLE:
+        await route_agent(db, user_id, now=now)
+    return state
+
+
+async def _holds_contacts(db: AsyncSession, user_id: int) -> bool:
+    found = await db.scalar(
+        select(RoutingEntry.interaction_id)
+        .where(RoutingEntry.agent_id == user_id, RoutingEntry.state == EntryState.assigned)
+        .limit(1)
+    )
+    return found is not None
+
+
+# --- enqueueing --------------------------------------------------------------------------------------
+@dataclass
+class EnqueueResult:
+    entry: RoutingEntry
+    created: bool
+    offer: Offer | None = None
+    action: str | None = None  # a closed queue's action, taken at once
+
+
+async def _last_agent_of(db: AsyncSession, customer_id: int | None, before: datetime) -> int | None:
+    if customer_id is None:
+        return None
+    return await db.scalar(
+        select(Assignment.agent_id)
+        .join(RoutingEntry, RoutingEntry.interaction_id == Assignment.interaction_id)
+        .where(RoutingEntry.customer_id == customer_id, Assignment.started_at < before)
+        .order_by(Assignment.started_at.desc())
+        .limit(1)
+    )
+
+
+async def enqueue(
+    db: AsyncSession,
+    interaction_id: int,
+    queue_id: int,
+    *,
+    channel: str,
+    customer_id: int | None,
+    priority: int = 0,
+    now: datetime | None = None,
+    route: bool = True,
+) -> EnqueueResult:
+    """Put a contact in a queue and route it. Enqueueing the same contact again returns its entry."""
+    from kefu.interactions import service as interactions
+
+    now = now or utcnow()
+    existing = await db.get(RoutingEntry, interaction_id)
+    if existing is not None:
+        return EnqueueResult(existing, False)
+    queues = await load_queues(db, [queue_id])
+    queue = queues.get(queue_id)
+    if queue is None or not queue.active:
+        raise Invalid("the queue does not exist or is not active", {"field": "queue"})
+    cls = policy.channel_class(channel)
+    if cls != queue.channel_class:
+        raise Invalid(
+            "the contact's channel does not match the queue's", {"field": "queue", "queue_channel": queue.channel}
+        )
+    sticky_agent = sticky_until = None
+    if queue.rule.sticky_seconds > 0:
+        sticky_agent = await _last_agent_of(db, customer_id, now)
+        if sticky_agent is not None:
+            present = await db.scalar(select(AgentState.presence).where(AgentState.user_id == sticky_agent))
+            if present is None or present == Presence.offline:
+                sticky_agent = None  # nobody to wait for
+            else:
+                sticky_until = now + timedelta(seconds=queue.rule.sticky_seconds)
+    entry = RoutingEntry(
+        interaction_id=interaction_id,
+        queue_id=queue_id,
+        channel_class=cls,
+        state=EntryState.waiting,
+        priority=priority,
+        priority_order=-(queue.rule.priority + priority),
+        customer_id=customer_id,
+        entered_at=now,
+        waiting_since=now,
+        queue_entered_at=now,
+        sticky_agent_id=sticky_agent,
+        sticky_until=sticky_until,
+        excluded_agents=[],
+        review_at=now,
+    )
+    db.add(entry)
+    await db.flush()
+    await interactions.routing_stamp(db, interaction_id, "queued", now, queue=queue.code)
+    _entry_event(db, entry, "queued")
+    result = EnqueueResult(entry, True)
+    if queue.calendar_id is not None and queue.closed_action != MaxWaitAction.keep:
+        from kefu.tickets import calendar
+
+        if not calendar.is_business_time(await calendar.load_calendar(db, queue.calendar_id), now):
+            result.action = await _take_action(db, entry, queue, queue.closed_action, now, why="closed")
+            return result
+    if route:
+        result.offer = await route_contact(db, interaction_id, now=now)
+    return result
+
+
+def _entry_event(db: AsyncSession, entry: RoutingEntry, what: str, **extra: Any) -> None:
+    publish_on_commit(
+        db,
+        Event(
+            ENTRY_EVENT,
+            {"interaction_id": entry.interaction_id, "queue_id": entry.queue_id, "what": what, **extra},
+            roles=SUPERVISOR_ROLES,
+        ),
+    )
+
+
+# --- the decisions -----------------------------------------------------------------------------------
+def contact_view(entry: RoutingEntry) -> policy.ContactView:
+    return policy.ContactView(
+        id=entry.interaction_id,
+        queue_id=entry.queue_id,
+        channel_class=entry.channel_class,
+        priority=entry.priority,
+        waiting_since=entry.waiting_since.timestamp(),
+        sticky_agent_id=entry.sticky_agent_id,
+        sticky_until=_ts(entry.sticky_until),
+        excluded_agents=frozenset(entry.excluded_agents or ()),
+    )
+
+
+async def _candidate_agents(
+    db: AsyncSession, entry: RoutingEntry, queue: QueueInfo, now: datetime, cfg: RoutingConfig
+) -> list[policy.AgentView]:
+    """Members of the queue who could take a contact of its class right now (presence, capacity, rest,
+    language checked in SQL), with their skills; policy decides the rest."""
+    query = (
+        select(AgentState)
+        .join(QueueMember, and_(QueueMember.user_id == AgentState.user_id, QueueMember.queue_id == queue.row_id))
+        .where(_routable_clause(entry.channel_class, now, cfg))
+    )
+    if queue.rule.language is not None:
+        query = query.where(
+            select(AgentLanguage.user_id)
+            .where(AgentLanguage.user_id == AgentState.user_id, AgentLanguage.language == queue.rule.language)
+            .exists()
+        )
+    sticky = entry.sticky_agent_id if entry.sticky_until is not None and entry.sticky_until > now else None
+    if sticky is not None:
+        query = query.where(AgentState.user_id == sticky)
+    excluded = list(entry.excluded_agents or ())
+    if excluded:
+        query = query.where(AgentState.user_id.not_in(excluded))
+    states = list((await db.scalars(query)).all())
+    if not states:
+        return []
+    ids = [s.user_id for s in states]
+    skills = await _skills_of(db, ids)
+    languages = frozenset([queue.rule.language]) if queue.rule.language is not None else frozenset()
+    member_of = frozenset([queue.row_id])
+    return [_agent_view(s, skills[s.user_id], languages, member_of) for s in states]
+
+
+async def route_contact(
+    db: AsyncSession, interaction_id: int, *, now: datetime | None = None, cfg: RoutingConfig | None = None
+) -> Offer | None:
+    """Offer a waiting contact to the best agent who can take it now; None if nobody can (its next review
+    moment is then set so the sweep comes back to it)."""
+    now = now or utcnow()
+    cfg = cfg or _config
+    entry = await db.get(RoutingEntry, interaction_id, populate_existing=True)
+    if entry is None or entry.state != EntryState.waiting:
+        return None
+    queue = (await load_queues(db, [entry.queue_id]))[entry.queue_id]
+    contact = contact_view(entry)
+    agents = await _candidate_agents(db, entry, queue, now, cfg)
+    for agent in policy.rank_agents(contact, queue.rule, agents, cfg.rest, now.timestamp()):
+        level = queue.rule.first_level(agent.skills) or 0
+        offer = await _claim(
+            db, entry, queue, agent.id, level, contact.sticky_for(now.timestamp()) == agent.id, now, cfg
+        )
+        if offer is not None:
+            return offer
+        if entry.state != EntryState.waiting:
+            return None  # another process took the contact
+    _set_review(entry, queue, now)
+    await db.flush()
+    return None
+
+
+def _review_moment(entry: RoutingEntry, queue: QueueInfo, now: datetime) -> datetime | None:
+    later = []
+    if queue.overflow_queue_id is not None and queue.overflow_after_seconds is not None:
+        later.append((entry.queue_entered_at + timedelta(seconds=queue.overflow_after_seconds)).timestamp())
+    if queue.max_wait_seconds is not None and queue.max_wait_action != MaxWaitAction.keep:
+        later.append((entry.waiting_since + timedelta(seconds=queue.max_wait_seconds)).timestamp())
+    return _dt(policy.next_review_at(contact_view(entry), queue.rule, now.timestamp(), *later))
+
+
+def _set_review(entry: RoutingEntry, queue: QueueInfo, now: datetime) -> None:
+    moment = _review_moment(entry, queue, now)
+    if moment != entry.review_at:
+        entry.review_at = moment
+
+
+async def _claim(
+    db: AsyncSession,
+    entry: RoutingEntry,
+    queue: QueueInfo,
+    agent_id: int,
+    level: int,
+    sticky: bool,
+    now: datetime,
+    cfg: RoutingConfig,
+) -> Offer | None:
+    """Offer ``entry`` to ``agent_id``: both compare-and-set updates succeed, or nothing is changed."""
+    from kefu.interactions import service as interactions
+
+    expires = now + timedelta(seconds=queue.offer_timeout_seconds)
+    taken = await db.execute(
+        update(RoutingEntry)
+        .where(
+            RoutingEntry.interaction_id == entry.interaction_id,
+            RoutingEntry.state == EntryState.waiting,
+            RoutingEntry.version == entry.version,
+        )
+        .values(
+            state=EntryState.offered,
+            offer_agent_id=agent_id,
+            offer_expires_at=expires,
+            offers_made=RoutingEntry.offers_made + 1,
+            review_at=None,
+            version=RoutingEntry.version + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if taken.rowcount != 1:
+        await db.refresh(entry)
+        return None
+    load = getattr(AgentState, LOAD_COLUMNS[entry.channel_class])
+    reserved = await db.execute(
+        update(AgentState)
+        .where(AgentState.user_id == agent_id, _routable_clause(entry.channel_class, now, cfg))
+        .values({load: load + 1, AgentState.version: AgentState.version + 1})
+        .execution_options(synchronize_session=False)
+    )
+    if reserved.rowcount != 1:
+        # The agent changed meanwhile: give the entry back (we hold its row lock) and try someone else.
+        await db.execute(
+            update(RoutingEntry)
+            .where(RoutingEntry.interaction_id == entry.interaction_id)
+            .values(
+                state=EntryState.waiting,
+                offer_agent_id=None,
+                offer_expires_at=None,
+                offers_made=RoutingEntry.offers_made - 1,
+                version=RoutingEntry.version + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await db.refresh(entry)
+        return None
+    offer = Offer(
+        interaction_id=entry.interaction_id,
+        queue_id=entry.queue_id,
+        agent_id=agent_id,
+        offered_at=now,
+        expires_at=expires,
+        level=level,
+        sticky=sticky,
+    )
+    db.add(offer)
+    await db.flush()
+    await db.refresh(entry)
+    await interactions.routing_stamp(db, entry.interaction_id, "offered", now)
+    publish_on_commit(
+        db,
+        Event(
+            OFFER_EVENT,
+            {
+                "interaction_id": entry.interaction_id,
+                "queue_id": entry.queue_id,
+                "queue": queue.code,
+                "channel": queue.channel,
+                "expires_at": expires.isoformat(),
+                "timeout_seconds": queue.offer_timeout_seconds,
+            },
+            user_ids=(agent_id,),
+        ),
+    )
+    return offer
+
+
+async def _agent_view_of(db: AsyncSession, state: AgentState) -> policy.AgentView:
+    skills = (await _skills_of(db, [state.user_id]))[state.user_id]
+    languages = (await _languages_of(db, [state.user_id]))[state.user_id]
+    return _agent_view(state, skills, languages, await _memberships_of(db, state.user_id))
+
+
+async def _waiting_for(
+    db: AsyncSession,
+    agent: policy.AgentView,
+    queues: dict[int, QueueInfo],
+    now: datetime,
+    cfg: RoutingConfig,
+    skip: set[int],
+) -> list[RoutingEntry]:
+    """The waiting contacts the agent could take: per queue they serve, the head of the queue among
+    those that have waited long enough for the agent's bullseye level, plus any reserved for them."""
+    parts = []
+    for queue in queues.values():
+        if not queue.active or not policy.language_ok(queue.rule, agent):
+            continue
+        if not policy.agent_can_take_now(agent, queue.channel_class, cfg.rest, now.timestamp()):
+            continue
+        level = queue.rule.first_level(agent.skills)
+        if level is None:
+            continue
+        waited_since = now - timedelta(seconds=queue.rule.wait_for_level(level))
+        parts.append(
+            select(RoutingEntry.interaction_id)
+            .where(
+                RoutingEntry.queue_id == queue.row_id,
+                RoutingEntry.state == EntryState.waiting,
+                RoutingEntry.waiting_since <= waited_since,
+                or_(RoutingEntry.sticky_until.is_(None), RoutingEntry.sticky_until <= now),
+            )
+            .order_by(RoutingEntry.priority_order, RoutingEntry.waiting_since)
+            .limit(CONTACTS_PER_QUEUE + len(skip))
+        )
+    if agent.queues:
+        parts.append(
+            select(RoutingEntry.interaction_id).where(
+                RoutingEntry.sticky_agent_id == agent.id,
+                RoutingEntry.state == EntryState.waiting,
+                RoutingEntry.sticky_until > now,
+            )
+        )
+    if not parts:
+        return []
+    ids: set[int] = set()
+    for part in parts:
+        # One statement per queue: each is an index range scan; a UNION of LIMITed selects needs
+        # subquery wrapping that SQLite and PostgreSQL plan differently.
+        ids.update((await db.scalars(part)).all())
+    ids -= skip
+    if not ids:
+        return []
+    return list((await db.scalars(select(RoutingEntry).where(RoutingEntry.interaction_id.in_(sorted(ids))))).all())
+
+
+async def route_agent(
+    db: AsyncSession, user_id: int, *, now: datetime | None = None, cfg: RoutingConfig | None = None
+) -> list[Offer]:
+    """Offer an agent who has capacity the best waiting contacts, until they are full or none is left."""
+    now = now or utcnow()
+    cfg = cfg or _config
+    offers: list[Offer] = []
+    skip: set[int] = set()
+    state = await db.get(AgentState, user_id, populate_existing=True)
+    if state is None or state.presence not in policy.ROUTABLE:
+        return offers
+    agent = await _agent_view_of(db, state)
+    queues = await load_queues(db, agent.queues)
+    while True:
+        entries = await _waiting_for(db, agent, queues, now, cfg, skip)
+        if not entries:
+            return offers
+        by_id = {e.interaction_id: e for e in entries}
+        ranked = policy.rank_contacts(
+            agent, [contact_view(e) for e in entries], {q: i.rule for q, i in queues.items()}, cfg.rest, now.timestamp()
+        )
+        if not ranked:
+            return offers
+        claimed = None
+        for contact in ranked:
+            entry = by_id[contact.id]
+            queue = queues[entry.queue_id]
+            level = queue.rule.first_level(agent.skills) or 0
+            claimed = await _claim(
+                db, entry, queue, user_id, level, contact.sticky_for(now.timestamp()) == user_id, now, cfg
+            )
+            if claimed is not None:
+                break
+            skip.add(contact.id)
+            state = await db.get(AgentState, user_id, populate_existing=True)
+            assert state is not None
+            agent = await _agent_view_of(db, state)
+            if state.presence not in policy.ROUTABLE:
+                return offers
+        if claimed is None:
+            continue
+        offers.append(claimed)
+        skip.add(claimed.interaction_id)
+        state = await db.get(AgentState, user_id, populate_existing=True)
+        assert state is not None
+        agent.load = load_of(state)
+
+
+# --- offers ------------------------------------------------------------------------------------------
+async def _live_offer(db: AsyncSession, interaction_id: int, agent_id: int) -> Offer | None:
+    return await db.scalar(
+        select(Offer).where(Offer.interaction_id == interaction_id, Offer.agent_id == agent_id, Offer.outcome.is_(None))
+    )
+
+
+async def _release(db: AsyncSession, agent_id: int, cls: str, *, missed: bool = False) -> AgentState | None:
+    load = getattr(AgentState, LOAD_COLUMNS[cls])
+    values: dict[Any, Any] = {load: load - 1, AgentState.version: AgentState.version + 1}
+    if missed:
+        values[AgentState.missed_offers] = AgentState.missed_offers + 1
+    await db.execute(
+        update(AgentState)
+        .where(AgentState.user_id == agent_id, load > 0)
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )
+    return await db.get(AgentState, agent_id, populate_existing=True)
+
+
+async def accept_offer(
+    db: AsyncSession, principal: Principal, interaction_id: int, *, now: datetime | None = None
+) -> RoutingEntry:
+    """The agent takes the contact ringing for them: it becomes theirs and pops on their desktop."""
+    from kefu.interactions import service as interactions
+
+    now = now or utcnow()
+    agent_id = principal.user_id
+    if agent_id is None:
+        raise Forbidden("sign in to take contacts")
+    entry = await db.get(RoutingEntry, interaction_id, with_for_update=True, populate_existing=True)
+    if entry is None or entry.offer_agent_id != agent_id or entry.state != EntryState.offered:
+        raise Conflict("this contact is not offered to you (any more)", {"interaction_id": interaction_id})
+    assert entry.offer_expires_at is not None
+    if entry.offer_expires_at <= now:
+        raise Conflict("the offer rang out", {"interaction_id": interaction_id})
+    entry.state = EntryState.assigned
+    entry.agent_id = agent_id
+    entry.offer_agent_id = None
+    entry.offer_expires_at = None
+    entry.answered_at = now
+    entry.review_at = None
+    entry.version += 1
+    offer = await _live_offer(db, interaction_id, agent_id)
+    if offer is not None:
+        offer.outcome = OfferOutcome.accepted
+        offer.decided_at = now
+    db.add(
+        Assignment(
+            interaction_id=interaction_id,
+            agent_id=agent_id,
+            queue_id=entry.queue_id,
+            channel_class=entry.channel_class,
+            started_at=now,
+        )
+    )
+    state = await agent_state(db, agent_id, for_update=True, now=now)
+    state.missed_offers = 0
+    if state.presence == Presence.available:
+        _record_presence(db, state, Presence.on_contact, None, now, agent_id)
+    await db.flush()
+    await interactions.routing_answered(db, interaction_id, agent_id, now)
+    _entry_event(db, entry, "answered", agent_id=agent_id)
+    return entry
+
+
+async def _give_back(
+    db: AsyncSession, entry: RoutingEntry, outcome: str, now: datetime, *, exclude: bool = True
+) -> int | None:
+    """End the live offer on ``entry`` (held locked by the caller) and put it back to waiting."""
+    agent_id = entry.offer_agent_id
+    if agent_id is None:
+        return None
+    offer = await _live_offer(db, entry.interaction_id, agent_id)
+    if offer is not None:
+        offer.outcome = outcome
+        offer.decided_at = now
+    entry.state = EntryState.waiting
+    entry.offer_agent_id = None
+    entry.offer_expires_at = None
+    if exclude:
+        entry.excluded_agents = sorted({*(entry.excluded_agents or ()), agent_id})
+    if entry.sticky_agent_id == agent_id:
+        entry.sticky_until = None  # the preferred agent passed: do not keep the customer waiting for them
+    entry.review_at = now
+    entry.version += 1
+    await db.flush()
+    state = await _release(db, agent_id, entry.channel_class, missed=outcome == OfferOutcome.timeout)
+    publish_on_commit(
+        db,
+        Event(OFFER_GONE_EVENT, {"interaction_id": entry.interaction_id, "outcome": outcome}, user_ids=(agent_id,)),
+    )
+    if (
+        outcome == OfferOutcome.timeout
+        and state is not None
+        and state.missed_offers >= _config.missed_offers_limit
+        and state.presence in policy.ROUTABLE
+    ):
+        # Not ready: an agent who lets offers ring out is probably away from the desk.
+        await _withdraw_offers_of(db, agent_id, now)
+        _record_presence(db, state, Presence.break_, "missed_offers", now, None)
+        await db.flush()
+    return agent_id
+
+
+async def reject_offer(
+    db: AsyncSession, principal: Principal, interaction_id: int, *, now: datetime | None = None
+) -> RoutingEntry:
+    now = now or utcnow()
+    entry = await db.get(RoutingEntry, interaction_id, with_for_update=True, populate_existing=True)
+    if entry is None or entry.offer_agent_id != principal.user_id or entry.state != EntryState.offered:
+        raise Conflict("this contact is not offered to you (any more)", {"interaction_id": interaction_id})
+    agent_id = await _give_back(db, entry, OfferOutcome.rejected, now)
+    await route_contact(db, interaction_id, now=now)
+    if agent_id is not None:
+        await route_agent(db, agent_id, now=now)
+    return entry
+
+
+async def _withdraw_offers_of(db: AsyncSession, agent_id: int, now: datetime) -> list[int]:
+    """Cancel the offers ringing for an agent who leaves routing; the contacts are routed again."""
+    ids = list(
+        (
+            await db.scalars(
+                select(RoutingEntry.interaction_id).where(
+                    RoutingEntry.offer_agent_id == agent_id, RoutingEntry.state == EntryState.offered
+                )
+            )
+        ).all()
+    )
+    withdrawn = []
+    for interaction_id in ids:
+        entry = await db.get(RoutingEntry, interaction_id, with_for_update=True, populate_existing=True)
+        if entry is not None and entry.state == EntryState.offered and entry.offer_agent_id == agent_id:
+            await _give_back(db, entry, OfferOutcome.cancelled, now, exclude=False)
+            withdrawn.append(interaction_id)
+    return withdrawn
+
+
+# --- contacts ending ---------------------------------------------------------------------------------
+async def interaction_ended(db: AsyncSession, interaction_id: int, event: str, at: datetime) -> None:
+    """The interactions service calls this when a contact ends or is abandoned: it leaves routing and its
+    agent's capacity frees up (after-contact work first, if the queue has it)."""
+    entry = await db.get(RoutingEntry, interaction_id, with_for_update=True, populate_existing=True)
+    if entry is None or entry.state == EntryState.ended:
+        return
+    now = at  # the channel's moment: capacity frees up when the contact ended
+    freed: int | None = None
+    if entry.state == EntryState.offered:
+        freed = await _give_back(db, entry, OfferOutcome.cancelled, now, exclude=False)
+    was_assigned = entry.state == EntryState.assigned
+    entry.state = EntryState.ended
+    entry.outcome = "handled" if was_assigned else "abandoned"
+    entry.ended_at = at
+    entry.review_at = None
+    entry.version += 1
+    await db.flush()
+    _entry_event(db, entry, entry.outcome)
+    if was_assigned and entry.agent_id is not None:
+        await _finish_assignment(db, entry, at, now)
+    elif freed is not None:
+        await route_agent(db, freed, now=now)
+
+
+async def _finish_assignment(db: AsyncSession, entry: RoutingEntry, at: datetime, now: datetime) -> None:
+    agent_id = entry.agent_id
+    assert agent_id is not None
+    await db.execute(
+        update(Assignment)
+        .where(
+            Assignment.interaction_id == entry.interaction_id,
+            Assignment.agent_id == agent_id,
+            Assignment.released_at.is_(None),
+        )
+        .values(released_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    state = await _release(db, agent_id, entry.channel_class)
+    if state is None:
+        return
+    if _total_load(state) == 0 and state.presence == Presence.on_contact:
+        queue = (await load_queues(db, [entry.queue_id])).get(entry.queue_id)
+        acw = queue.after_contact_seconds if queue is not None else 0
+        if acw > 0:
+            _record_presence(db, state, Presence.after_contact, None, now, None)
+            state.after_contact_until = now + timedelta(seconds=acw)
+        else:
+            _record_presence(db, state, Presence.available, None, now, None)
+        await db.flush()
+    if state.presence in policy.ROUTABLE:
+        await route_agent(db, agent_id, now=now)
+
+
+async def end_after_contact_work(db: AsyncSession, user_id: int, *, now: datetime | None = None) -> bool:
+    """After-contact work ends (the agent is done early, or the time limit passed): available again."""
+    now = now or utcnow()
+    state = await db.get(AgentState, user_id, with_for_update=True, populate_existing=True)
+    if state is None or state.presence != Presence.after_contact:
+        return False
+    _record_presence(db, state, Presence.available, None, now, None)
+    await db.flush()
+    await route_agent(db, user_id, now=now)
+    return True
+
+
+# --- the sweep ---------------------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    expired_offers: int = 0
+    reviewed: int = 0
+    offers: int = 0
+    actions: int = 0
+    after_contact_ended: int = 0
+
+
+def _skip_locked(db: AsyncSession, query: Any) -> Any:
+    # On PostgreSQL several processes sweep at once and split the work; SQLite has one writer anyway.
+    return query.with_for_update(skip_locked=True) if db.bind.dialect.name == "postgresql" else query
+
+
+async def sweep(db: AsyncSession, *, now: datetime | None = None, batch: int = SWEEP_BATCH) -> SweepResult:
+    """Expired offers back to routing, after-contact work past its limit ended, waiting contacts whose
+    review moment came (bullseye step, sticky end, overflow, maximum wait) routed or acted on."""
+    now = now or utcnow()
+    result = SweepResult()
+    expired = (
+        await db.scalars(
+            _skip_locked(
+                db,
+                select(RoutingEntry)
+                .where(RoutingEntry.state == EntryState.offered, RoutingEntry.offer_expires_at <= now)
+                .order_by(RoutingEntry.offer_expires_at)
+                .limit(batch),
+            )
+        )
+    ).all()
+    for entry in expired:
+        agent_id = await _give_back(db, entry, OfferOutcome.timeout, now)
+        result.expired_offers += 1
+        if await route_contact(db, entry.interaction_id, now=now) is not None:
+            result.offers += 1
+        if agent_id is not None:
+            await route_agent(db, agent_id, now=now)
+    acw_done = (
+        await db.scalars(
+            select(AgentState.user_id)
+            .where(AgentState.presence == Presence.after_contact, AgentState.after_contact_until <= now)
+            .limit(batch)
+        )
+    ).all()
+    for user_id in acw_done:
+        if await end_after_contact_work(db, user_id, now=now):
+            result.after_contact_ended += 1
+    due = (
+        await db.scalars(
+            _skip_locked(
+                db,
+                select(RoutingEntry)
+                .where(RoutingEntry.state == EntryState.waiting, RoutingEntry.review_at <= now)
+                .order_by(RoutingEntry.review_at)
+                .limit(batch),
+            )
+        )
+    ).all()
+    for entry in due:
+        result.reviewed += 1
+        acted = await _due_action(db, entry, now)
+        if acted:
+            result.actions += 1
+            continue
+        if await route_contact(db, entry.interaction_id, now=now) is not None:
+            result.offers += 1
+    return result
+
+
+async def _due_action(db: AsyncSession, entry: RoutingEntry, now: datetime) -> bool:
+    queue = (await load_queues(db, [entry.queue_id]))[entry.queue_id]
+    if (
+        queue.max_wait_seconds is not None
+        and queue.max_wait_action != MaxWaitAction.keep
+        and now - entry.waiting_since >= timedelta(seconds=queue.max_wait_seconds)
+    ):
+        await _take_action(db, entry, queue, queue.max_wait_action, now, why="max_wait")
+        return True
+    if (
+        queue.overflow_queue_id is not None
+        and queue.overflow_after_seconds is not None
+        and now - entry.queue_entered_at >= timedelta(seconds=queue.overflow_after_seconds)
+    ):
+        await _move(db, entry, queue.overflow_queue_id, now, why="overflow")
+        return True
+    return False
+
+
+async def _take_action(
+    db: AsyncSession, entry: RoutingEntry, queue: QueueInfo, action: str, now: datetime, *, why: str
+) -> str:
+    """Apply a queue's maximum-wait or closed action to a waiting contact."""
+    if action == MaxWaitAction.overflow and queue.overflow_queue_id is not None:
+        await _move(db, entry, queue.overflow_queue_id, now, why=why)
+        return action
+    work_order_id = None
+    if action in (MaxWaitAction.work_order, MaxWaitAction.callback):
+        work_order_id = await _work_order_for(db, entry, queue, action, why)
+    entry.state = EntryState.ended
+    entry.outcome = f"{why}:{action}"
+    entry.ended_at = now
+    entry.review_at = None
+    entry.version += 1
+    await db.flush()
+    _entry_event(db, entry, why, action=action, work_order_id=work_order_id)
+    return action
+
+
+async def _work_order_for(db: AsyncSession, entry: RoutingEntry, queue: QueueInfo, action: str, why: str) -> int:
+    from kefu.interactions import service as interactions
+    from kefu.tickets import service as tickets
+    from kefu.tickets.schemas import WorkOrderCreate
+
+    system = Principal(user_id=None, username="routing", roles=frozenset({"admin"}), via="system")
+    title = (
+        f"回电请求 / Callback request ({queue.code})"
+        if action == MaxWaitAction.callback
+        else f"未接通的联系 / Contact not reached ({queue.code})"
+    )
+    data = WorkOrderCreate(
+        type="request",
+        priority="normal",
+        title=title,
+        description=f"queue={queue.code} reason={why}",
+        customer_id=entry.customer_id,
+        team_id=await db.scalar(select(RoutingQueue.team_id).where(RoutingQueue.id == queue.row_id)),
+        tags=["callback"] if action == MaxWaitAction.callback else ["missed_contact"],
+    )
+    work_order = await tickets.create_work_order(db, system, data)
+    await interactions.link_work_order(db, entry.interaction_id, work_order.id)
+    return work_order.id
+
+
+async def _move(db: AsyncSession, entry: RoutingEntry, queue_id: int, now: datetime, *, why: str) -> None:
+    """Move a waiting (or ringing) contact to another queue; its wait clock keeps running."""
+    target = (await load_queues(db, [queue_id])).get(queue_id)
+    if target is None or not target.active:
+        raise Invalid("the target queue does not exist or is not active", {"field": "queue_id"})
+    if target.channel_class != entry.channel_class:
+        raise Invalid("the target queue serves another channel", {"field": "queue_id"})
+    if entry.state == EntryState.offered:
+        await _give_back(db, entry, OfferOutcome.cancelled, now, exclude=False)
+    previous = entry.queue_id
+    entry.queue_id = queue_id
+    entry.priority_order = -(target.rule.priority + entry.priority)
+    entry.queue_entered_at = now
+    entry.review_at = now
+    entry.version += 1
+    await db.flush()
+    _entry_event(db, entry, why, from_queue_id=previous)
+    await route_contact(db, entry.interaction_id, now=now)
+
+
+async def move_contact(
+    db: AsyncSession, principal: Principal, interaction_id: int, queue_id: int, *, now: datetime | None = None
+) -> RoutingEntry:
+    """A supervisor moves a waiting contact to another queue."""
+    now = now or utcnow()
+    entry = await db.get(RoutingEntry, interaction_id, with_for_update=True, populate_existing=True)
+    if entry is None:
+        raise NotFound("routing entry")
+    if entry.state not in (EntryState.waiting, EntryState.offered):
+        raise Conflict("only a waiting contact can be moved", {"state": entry.state})
+    if entry.queue_id == queue_id:
+        return entry
+    await _move(db, entry, queue_id, now, why="moved")
+    await audit.record(
+        db,
+        actor_of(principal),
+        "routing.contact.move",
+        object_type="interaction",
+        object_id=interaction_id,
+        details={"queue_id": queue_id},
+    )
+    return entry
+
+
+async def set_priority(
+    db: AsyncSession, principal: Principal, interaction_id: int, priority: int, *, now: datetime | None = None
+) -> RoutingEntry:
+    now = now or utcnow()
+    entry = await db.get(RoutingEntry, interaction_id, with_for_update=True, populate_existing=True)
+    if entry is None:
+        raise NotFound("routing entry")
+    if entry.state != EntryState.waiting:
+        raise Conflict("only a waiting contact's priority can change", {"state": entry.state})
+    queue = (await load_queues(db, [entry.queue_id]))[entry.queue_id]
+    entry.priority = priority
+    entry.priority_order = -(queue.rule.priority + priority)
+    entry.version += 1
+    await db.flush()
+    await route_contact(db, interaction_id, now=now)
+    return entry
+
+
+# --- memberships and skills change -------------------------------------------------------------------
+async def set_memberships(
+    db: AsyncSession,
+    principal: Principal,
+    user_id: int,
+    add: Sequence[int] = (),
+    remove: Sequence[int] = (),
+    *,
+    now: datetime | None = None,
+) -> list[int]:
+    """Move an agent between queues (add to some, remove from others); returns the queues they serve."""
+    await _staff_agent(db, user_id)
+    known = set((await db.scalars(select(RoutingQueue.id).where(RoutingQueue.id.in_([*add, *remove])))).all())
+    missing = sorted((set(add) | set(remove)) - known)
+    if missing:
+        raise Invalid("unknown queue", {"field": "queues", "queue_ids": missing})
+    if set(add) & set(remove):
+        raise Invalid("a queue cannot be added and removed at once", {"field": "queues"})
+    if remove:
+        await db.execute(delete(QueueMember).where(QueueMember.user_id == user_id, QueueMember.queue_id.in_(remove)))
+    have = set((await db.scalars(select(QueueMember.queue_id).where(QueueMember.user_id == user_id))).all())
+    for queue_id in sorted(set(add) - have):
+        db.add(QueueMember(queue_id=queue_id, user_id=user_id))
+    await db.flush()
+    await audit.record(
+        db,
+        actor_of(principal),
+        "routing.agent.queues",
+        object_type="user",
+        object_id=user_id,
+        details={"add": list(add), "remove": list(remove)},
+    )
+    await agent_changed(db, user_id, now=now)
+    return sorted((await db.scalars(select(QueueMember.queue_id).where(QueueMember.user_id == user_id))).all())
+
+
+async def agent_changed(db: AsyncSession, user_id: int, *, now: datetime | None = None) -> list[Offer]:
+    """Skills, languages or queues of an agent changed: routing runs again for them."""
+    return await route_agent(db, user_id, now=now)
+
+
+# --- queue position, live view -----------------------------------------------------------------------
+@dataclass
+class Position:
+    interaction_id: int
+    queue_id: int
+    state: str
+    position: int
+    waited_seconds: int
+    expected_wait_seconds: int | None
+
+
+async def average_handle_seconds(db: AsyncSession, queue_id: int, now: datetime, default: int) -> float:
+    """The mean handle time of the queue's contacts released in the last hour (the default if none)."""
+    since = now - timedelta(hours=1)
+    rows = (
+        await db.execute(
+            select(Assignment.started_at, Assignment.released_at)
+            .where(Assignment.queue_id == queue_id, Assignment.released_at >= since)
+            .limit(500)
+        )
+    ).all()
+    if not rows:
+        return float(default)
+    return sum((r.released_at - r.started_at).total_seconds() for r in rows) / len(rows)
+
+
+async def position_of(db: AsyncSession, interaction_id: int, *, now: datetime | None = None) -> Position:
+    now = now or utcnow()
+    entry = await db.get(RoutingEntry, interaction_id)
+    if entry is None:
+        raise NotFound("routing entry")
+    if entry.state not in (EntryState.waiting, EntryState.offered):
+        return Position(interaction_id, entry.queue_id, entry.state, 0, 0, 0)
+    ahead = await db.scalar(
+        select(func.count())
+        .select_from(RoutingEntry)
+        .where(
+            RoutingEntry.queue_id == entry.queue_id,
+            RoutingEntry.state == EntryState.waiting,
+            or_(
+                RoutingEntry.priority_order < entry.priority_order,
+                and_(
+                    RoutingEntry.priority_order == entry.priority_order,
+                    or_(
+                        RoutingEntry.waiting_since < entry.waiting_since,
+                        and_(
+                            RoutingEntry.waiting_since == entry.waiting_since,
+                            RoutingEntry.interaction_id < entry.interaction_id,
+                        ),
+                    ),
+                ),
+            ),
+        )
+    )
+    position = int(ahead or 0) + 1
+    serving = await db.scalar(
+        select(func.count())
+        .select_from(QueueMember)
+        .join(AgentState, AgentState.user_id == QueueMember.user_id)
+        .where(
+            QueueMember.queue_id == entry.queue_id,
+            AgentState.presence.in_([Presence.available, Presence.on_contact, Presence.after_contact]),
+        )
+    )
+    default = await db.scalar(select(RoutingQueue.expected_handle_seconds).where(RoutingQueue.id == entry.queue_id))
+    aht = await average_handle_seconds(db, entry.queue_id, now, int(default or 180))
+    expected = policy.expected_wait_seconds(position, int(serving or 0), aht)
+    waited = int((now - entry.waiting_since).total_seconds())
+    if entry.state == EntryState.offered:
+        position, expected = 0, 0.0
+    return Position(
+        interaction_id,
+        entry.queue_id,
+        entry.state,
+        position,
+        max(0, waited),
+        None if expected == float("inf") else int(round(expected)),
+    )
+
+
+__all__ = [
+    "CHOOSABLE",
+    "BREAK_REASONS",
+    "EnqueueResult",
+    "Position",
+    "QueueInfo",
+    "RoutingConfig",
+    "SweepResult",
+    "accept_offer",
+    "agent_changed",
+    "agent_state",
+    "configure",
+    "end_after_contact_work",
+    "enqueue",
+    "interaction_ended",
+    "load_queues",
+    "move_contact",
+    "position_of",
+    "refresh_capacity",
+    "reject_offer",
+    "route_agent",
+    "route_contact",
+    "set_memberships",
+    "set_presence",
+    "set_priority",
+    "sweep",
+]
