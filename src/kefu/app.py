@@ -34,6 +34,10 @@ from kefu.knowledge.board_pages import router as kb_board_pages_router
 from kefu.knowledge.feedback_api import router as kb_feedback_router
 from kefu.knowledge.index import KnowledgeIndex
 from kefu.knowledge.pages import router as knowledge_pages_router
+from kefu.routing import api as routing_api
+from kefu.routing import pages as routing_pages
+from kefu.routing import service as routing_service
+from kefu.routing.sweeper import RoutingSweeper
 from kefu.settings import Settings, get_settings
 from kefu.tickets import api as tickets_api
 from kefu.tickets import pages as tickets_pages
@@ -47,20 +51,25 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     access_matrix()  # a broken matrix must stop start-up, not fail the first request
+    routing_service.configure(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.event_bus.start()
         await app.state.kb_index.start()
-        worker = None
+        worker = sweeper = None
         if settings.run_worker:
             worker = Worker(app.state.session_factory, settings)
             worker.start()
+            sweeper = RoutingSweeper(app.state.session_factory)
+            sweeper.start()
         app.state.worker = worker
         log.info("kefu started", extra={"base_url": settings.base_url, "sqlite": settings.is_sqlite})
         try:
             yield
         finally:
+            if sweeper is not None:
+                await sweeper.stop()
             if worker is not None:
                 await worker.stop()
             await app.state.kb_index.stop()
@@ -104,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(kb_feedback_router)
     app.include_router(kb_board_router)
     app.include_router(realtime_router)
-    for service_desk_router in (customers_api, interactions_api, tickets_api, sla_api):
+    for service_desk_router in (customers_api, interactions_api, tickets_api, sla_api, routing_api):
         app.include_router(service_desk_router.router)
 
     @app.get("/api/docs", include_in_schema=False)
@@ -122,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(knowledge_pages_router)
     app.include_router(kb_board_pages_router)
     # customers_pages first: its /customers/new must win over the desk's /customers/{customer_id}.
-    for service_desk_pages in (customers_pages, tickets_pages, desk_pages):
+    for service_desk_pages in (customers_pages, tickets_pages, desk_pages, routing_pages):
         app.include_router(service_desk_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
