@@ -77,17 +77,34 @@ async def test_customer_id_may_be_given_instead_of_an_identity(app, agent_client
     assert missing.status_code == 422
 
 
-async def test_the_same_delivery_is_stored_once(agent_client) -> None:  # noqa: ANN001
-    payload = {"channel": "phone", "external_id": external_id(), "queue": "billing"}
+async def test_the_same_delivery_is_stored_once(app, agent_client) -> None:  # noqa: ANN001
+    from tests.routing.routing_support import make_queue
+
+    billing = await make_queue(app)
+    payload = {"channel": "phone", "external_id": external_id(), "queue": billing.code}
     first = await agent_client.post(API, json=payload)
     second = await agent_client.post(API, json={**payload, "queue": "other"})
     assert first.status_code == 201 and second.status_code == 200, second.text
     assert second.json()["id"] == first.json()["id"]
-    assert second.json()["queue"] == "billing"  # the stored row, not the second delivery
+    assert second.json()["queue"] == billing.code  # the stored row, not the second delivery
+    assert second.json()["state"] == "queued"
     # The same id on another channel is another contact.
-    other_channel = await agent_client.post(API, json={**payload, "channel": "chat"})
+    other_channel = await agent_client.post(API, json={**payload, "channel": "chat", "queue": None})
     assert other_channel.status_code == 201
     assert other_channel.json()["id"] != first.json()["id"]
+
+
+async def test_an_unknown_queue_is_refused_and_nothing_is_written(app, agent_client) -> None:  # noqa: ANN001
+    from sqlalchemy import func, select
+
+    from kefu.interactions.models import Interaction
+
+    async with app.state.session_factory() as db:
+        before = await db.scalar(select(func.count()).select_from(Interaction))
+    response = await agent_client.post(API, json={"channel": "phone", "external_id": external_id(), "queue": "nope"})
+    assert response.status_code == 422 and response.json()["error"]["details"]["field"] == "queue"
+    async with app.state.session_factory() as db:
+        assert await db.scalar(select(func.count()).select_from(Interaction)) == before
 
 
 async def test_concurrent_duplicate_deliveries_make_one_row(app, make) -> None:  # noqa: ANN001
