@@ -1,7 +1,8 @@
 """The agent desktop and customer 360 pages.
 
-``/desk`` is the agent's one screen: the contacts in hand, the screen pop of the chosen one (customer
-summary, reply, wrap-up) and a knowledge panel searching as the agent types. The partials under
+``/desk`` is the agent's one screen: their routing status (presence, time in it), the contacts ringing
+for them (accept / reject, through the routing API), the contacts in hand, the screen pop of the chosen
+one (customer summary, reply, wrap-up) and a knowledge panel searching as the agent types. The partials under
 ``/desk/...`` serve htmx and desk.js; every form also works as a plain form post (redirect after it).
 ``/customers/{id}`` is the customer 360 page. Forms are validated by the API's request models, so a
 page accepts exactly what the API accepts.
@@ -23,6 +24,7 @@ from kefu.customers.schemas import NoteIn
 from kefu.db.session import get_db
 from kefu.desk import service
 from kefu.interactions.schemas import ArticleUseIn, WrapUpIn
+from kefu.routing.pages import duration
 from kefu.tickets.schemas import CommentIn, WorkOrderCreate
 from kefu.web.pages import form_data, render, see_other, validate
 
@@ -66,6 +68,8 @@ async def _desk_page(
         principal,
         status_code=status_code,
         contacts=contacts,
+        presence=await service.presence(db, principal),
+        duration=duration,
         pop=await _pop_or_none(db, principal, interaction_id),
         notice=notice,
         pop_errors=pop_errors or [],

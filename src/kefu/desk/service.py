@@ -23,6 +23,7 @@ from kefu.interactions.models import Interaction
 from kefu.knowledge import service as knowledge
 from kefu.knowledge.content import plain_text
 from kefu.knowledge.index import KnowledgeIndex
+from kefu.routing import live as routing_live
 from kefu.tickets import service as tickets
 from kefu.tickets.models import OPEN_STATUSES, WorkOrder, WorkOrderComment, WorkOrderStatus, WorkOrderType
 
@@ -126,6 +127,13 @@ async def contacts_in_hand(db: AsyncSession, principal: Principal) -> list[Conta
     views = await interactions.current_for_agent(db, principal.user_id)
     ordered = sorted(views, key=lambda v: (v.interaction.arrived_at, v.interaction.id), reverse=True)
     return [_line(v) for v in ordered]
+
+
+async def presence(db: AsyncSession, principal: Principal) -> routing_live.AgentPresence | None:
+    """The agent's routing presence for the desk's status control (None for those who cannot set one)."""
+    if principal.user_id is None or not allows(principal, "routing_presence", "update"):
+        return None
+    return await routing_live.presence_of(db, principal.user_id)
 
 
 async def reason_options(db: AsyncSession) -> list[ReasonOption]:

@@ -559,6 +559,10 @@ async def record_event(
     now = utcnow()
     at = at or now
     _check_moment(at, now, "at")
+    if event in ("ended", "abandoned"):
+        from kefu.routing import service as routing
+
+        await routing.lock_entry(db, interaction_id)
     interaction = await _load(db, principal, interaction_id, for_update=True)
     recorded = getattr(interaction, column)
     if recorded is not None:

@@ -408,6 +408,9 @@ async def set_presence(
         raise Invalid("only a break has a reason", {"field": "reason"})
     if presence == Presence.after_contact:
         raise Invalid("after-contact work starts when a contact ends", {"field": "presence"})
+    if presence not in policy.ROUTABLE:
+        # Entries before the agent's row, as everywhere: the offers ringing for them go back first.
+        await _withdraw_offers_of(db, user_id, now)
     state = await agent_state(db, user_id, for_update=True, now=now)
     load = _total_load(state)
     if presence == Presence.offline and await _holds_contacts(db, user_id):
@@ -422,9 +425,6 @@ async def set_presence(
         state.missed_offers = 0
     elif state.presence == presence and state.reason == reason:
         return state
-    # Leaving routing withdraws the offers ringing for the agent.
-    if target not in policy.ROUTABLE:
-        await _withdraw_offers_of(db, user_id, now)
     _record_presence(db, state, target, reason, now, principal.user_id)
     await db.flush()
     if target in policy.ROUTABLE:
@@ -629,6 +629,19 @@ def _set_review(entry: RoutingEntry, queue: QueueInfo, now: datetime) -> None:
         entry.review_at = moment
 
 
+def _unlocked(db: AsyncSession, key: Any, value: int) -> Any:
+    """The row ``key == value`` unless another transaction holds it (PostgreSQL: FOR UPDATE SKIP LOCKED).
+
+    A decision never waits for a row someone else is deciding about: it moves on to the next candidate.
+    That keeps lock waits out of the claim entirely, so decisions cannot deadlock with each other or
+    with accepts, hang-ups and sweeps, whatever order they touch entries and agents in. (SQLite has one
+    writer at a time and ignores the clause.)"""
+    query = select(key).where(key == value)
+    if db.bind.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return query
+
+
 async def _claim(
     db: AsyncSession,
     entry: RoutingEntry,
@@ -646,7 +659,7 @@ async def _claim(
     taken = await db.execute(
         update(RoutingEntry)
         .where(
-            RoutingEntry.interaction_id == entry.interaction_id,
+            RoutingEntry.interaction_id.in_(_unlocked(db, RoutingEntry.interaction_id, entry.interaction_id)),
             RoutingEntry.state == EntryState.waiting,
             RoutingEntry.version == entry.version,
         )
@@ -666,7 +679,10 @@ async def _claim(
     load = getattr(AgentState, LOAD_COLUMNS[entry.channel_class])
     reserved = await db.execute(
         update(AgentState)
-        .where(AgentState.user_id == agent_id, _routable_clause(entry.channel_class, now, cfg))
+        .where(
+            AgentState.user_id.in_(_unlocked(db, AgentState.user_id, agent_id)),
+            _routable_clause(entry.channel_class, now, cfg),
+        )
         .values({load: load + 1, AgentState.version: AgentState.version + 1})
         .execution_options(synchronize_session=False)
     )
@@ -956,11 +972,24 @@ async def _withdraw_offers_of(db: AsyncSession, agent_id: int, now: datetime) ->
     )
     withdrawn = []
     for interaction_id in ids:
-        entry = await db.get(RoutingEntry, interaction_id, with_for_update=True, populate_existing=True)
+        # SKIP LOCKED: the caller may hold the agent's row, and whoever holds the entry (an accept, a
+        # hang-up) may be waiting for it; an offer skipped here is being decided, or rings out later.
+        entry = await db.scalar(
+            _skip_locked(
+                db, select(RoutingEntry).where(RoutingEntry.interaction_id == interaction_id)
+            ).execution_options(populate_existing=True)
+        )
         if entry is not None and entry.state == EntryState.offered and entry.offer_agent_id == agent_id:
             await _give_back(db, entry, OfferOutcome.cancelled, now, exclude=False)
             withdrawn.append(interaction_id)
     return withdrawn
+
+
+async def lock_entry(db: AsyncSession, interaction_id: int) -> None:
+    """Take the contact's routing row lock now (if it is in routing), before its interaction row: the
+    order every routing transaction uses, so a hang-up racing an accept waits instead of deadlocking."""
+    query = select(RoutingEntry.interaction_id).where(RoutingEntry.interaction_id == interaction_id)
+    await db.execute(query.with_for_update())
 
 
 # --- contacts ending ---------------------------------------------------------------------------------
@@ -1038,35 +1067,30 @@ class SweepResult:
     actions: int = 0
     after_contact_ended: int = 0
 
+    def add(self, other: SweepResult) -> None:
+        for name in ("expired_offers", "reviewed", "offers", "actions", "after_contact_ended"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def items(self) -> int:
+        return self.expired_offers + self.reviewed + self.after_contact_ended
+
 
 def _skip_locked(db: AsyncSession, query: Any) -> Any:
     # On PostgreSQL several processes sweep at once and split the work; SQLite has one writer anyway.
     return query.with_for_update(skip_locked=True) if db.bind.dialect.name == "postgresql" else query
 
 
-async def sweep(db: AsyncSession, *, now: datetime | None = None, batch: int = SWEEP_BATCH) -> SweepResult:
-    """Expired offers back to routing, after-contact work past its limit ended, waiting contacts whose
-    review moment came (bullseye step, sticky end, overflow, maximum wait) routed or acted on."""
-    now = now or utcnow()
-    result = SweepResult()
+async def _due_items(db: AsyncSession, now: datetime, batch: int) -> list[tuple[str, int]]:
+    """What the sweep has to do now, without taking any lock: (kind, id) pairs."""
     expired = (
         await db.scalars(
-            _skip_locked(
-                db,
-                select(RoutingEntry)
-                .where(RoutingEntry.state == EntryState.offered, RoutingEntry.offer_expires_at <= now)
-                .order_by(RoutingEntry.offer_expires_at)
-                .limit(batch),
-            )
+            select(RoutingEntry.interaction_id)
+            .where(RoutingEntry.state == EntryState.offered, RoutingEntry.offer_expires_at <= now)
+            .order_by(RoutingEntry.offer_expires_at)
+            .limit(batch)
         )
     ).all()
-    for entry in expired:
-        agent_id = await _give_back(db, entry, OfferOutcome.timeout, now)
-        result.expired_offers += 1
-        if await route_contact(db, entry.interaction_id, now=now) is not None:
-            result.offers += 1
-        if agent_id is not None:
-            await route_agent(db, agent_id, now=now)
     acw_done = (
         await db.scalars(
             select(AgentState.user_id)
@@ -1074,28 +1098,73 @@ async def sweep(db: AsyncSession, *, now: datetime | None = None, batch: int = S
             .limit(batch)
         )
     ).all()
-    for user_id in acw_done:
-        if await end_after_contact_work(db, user_id, now=now):
-            result.after_contact_ended += 1
     due = (
         await db.scalars(
-            _skip_locked(
-                db,
-                select(RoutingEntry)
-                .where(RoutingEntry.state == EntryState.waiting, RoutingEntry.review_at <= now)
-                .order_by(RoutingEntry.review_at)
-                .limit(batch),
-            )
+            select(RoutingEntry.interaction_id)
+            .where(RoutingEntry.state == EntryState.waiting, RoutingEntry.review_at <= now)
+            .order_by(RoutingEntry.review_at)
+            .limit(batch)
         )
     ).all()
-    for entry in due:
-        result.reviewed += 1
-        acted = await _due_action(db, entry, now)
-        if acted:
-            result.actions += 1
-            continue
+    return [("offer", i) for i in expired] + [("acw", u) for u in acw_done] + [("review", i) for i in due]
+
+
+async def sweep_item(db: AsyncSession, kind: str, item_id: int, now: datetime) -> SweepResult:
+    """One piece of the sweep, re-checked under its lock (another process may have done it already)."""
+    result = SweepResult()
+    if kind == "acw":
+        if await end_after_contact_work(db, item_id, now=now):
+            result.after_contact_ended += 1
+        return result
+    base = select(RoutingEntry).where(RoutingEntry.interaction_id == item_id)
+    if kind == "offer":
+        base = base.where(RoutingEntry.state == EntryState.offered, RoutingEntry.offer_expires_at <= now)
+    else:
+        base = base.where(RoutingEntry.state == EntryState.waiting, RoutingEntry.review_at <= now)
+    entry = await db.scalar(_skip_locked(db, base).execution_options(populate_existing=True))
+    if entry is None:
+        return result
+    if kind == "offer":
+        agent_id = await _give_back(db, entry, OfferOutcome.timeout, now)
+        result.expired_offers += 1
         if await route_contact(db, entry.interaction_id, now=now) is not None:
             result.offers += 1
+        if agent_id is not None:
+            await route_agent(db, agent_id, now=now)
+        return result
+    result.reviewed += 1
+    if await _due_action(db, entry, now):
+        result.actions += 1
+    elif await route_contact(db, entry.interaction_id, now=now) is not None:
+        result.offers += 1
+    return result
+
+
+async def sweep(db: AsyncSession, *, now: datetime | None = None, batch: int = SWEEP_BATCH) -> SweepResult:
+    """Expired offers back to routing, after-contact work past its limit ended, waiting contacts whose
+    review moment came (bullseye step, sticky end, overflow, maximum wait) routed or acted on; all in the
+    caller's transaction (tests, one process). Several processes use ``sweep_in_steps``."""
+    now = now or utcnow()
+    result = SweepResult()
+    for kind, item_id in await _due_items(db, now, batch):
+        result.add(await sweep_item(db, kind, item_id, now))
+    return result
+
+
+async def sweep_in_steps(factory: Any, *, now: datetime | None = None, batch: int = SWEEP_BATCH) -> SweepResult:
+    """The sweep with one short transaction per item, as every app process runs it: an item never waits
+    behind another's locks while holding its own, so concurrent sweeps cannot deadlock, and a failure
+    (a lost race) costs one item, which the next round picks up."""
+    now = now or utcnow()
+    async with factory() as db, db.begin():
+        items = await _due_items(db, now, batch)
+    result = SweepResult()
+    for kind, item_id in items:
+        try:
+            async with factory() as db, db.begin():
+                result.add(await sweep_item(db, kind, item_id, now))
+        except Conflict:
+            log.info("routing sweep item lost a race", extra={"kind": kind, "id": item_id})
     return result
 
 
@@ -1372,4 +1441,6 @@ __all__ = [
     "set_presence",
     "set_priority",
     "sweep",
+    "sweep_in_steps",
+    "sweep_item",
 ]

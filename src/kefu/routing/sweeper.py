@@ -27,14 +27,13 @@ class RoutingSweeper:
         self._task: asyncio.Task[None] | None = None
 
     async def sweep_once(self) -> service.SweepResult:
-        async with self.factory() as db, db.begin():
-            return await service.sweep(db)
+        return await service.sweep_in_steps(self.factory)
 
     async def _loop(self) -> None:
         while True:
             try:
                 result = await self.sweep_once()
-                busy = result.expired_offers + result.reviewed + result.after_contact_ended >= service.SWEEP_BATCH
+                busy = result.items >= service.SWEEP_BATCH
             except Exception:  # noqa: BLE001 - database away or a lost race: try again next round
                 log.exception("routing sweep failed")
                 busy = False

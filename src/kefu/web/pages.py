@@ -67,6 +67,7 @@ NAV = (
     # (path, label, object, action): an entry shows only to those the matrix lets in.
     ("/", "Home", "dashboard", "read"),
     ("/desk", "Desk", "desk", "read"),
+    ("/routing/live", "Live view", "routing_live", "read"),  # supervisors and admins
     ("/work-orders", "Work orders", "work_order", "list"),
     ("/customers", "Customers", "customer", "list"),
     ("/kb", "Knowledge", "article", "create"),  # the staff knowledge desk (customers get the help centre)
