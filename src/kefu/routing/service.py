@@ -18,14 +18,16 @@ Times inside are aware UTC datetimes; ``now`` can be passed in (tests, the simul
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import String, and_, cast, delete, func, literal, null, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from kefu.core import audit
 from kefu.core.errors import Conflict, Forbidden, Invalid, NotFound
@@ -131,7 +133,42 @@ class QueueInfo:
         return policy.channel_class(self.channel)
 
 
+# Queue rules are read on every decision but change a few times a day: each process keeps them for
+# QUEUE_CACHE_SECONDS. A change made in this process is seen at once (invalidate_queues); other
+# processes see it within that time.
+QUEUE_CACHE_SECONDS = 1.0
+_queue_cache: dict[tuple[str, int], tuple[float, QueueInfo]] = {}
+
+
+def invalidate_queues() -> None:
+    _queue_cache.clear()
+
+
 async def load_queues(db: AsyncSession, queue_ids: Iterable[int] | None = None) -> dict[int, QueueInfo]:
+    """Queue rules by id (the given ones, from the cache when fresh), or all queues (always read)."""
+    if queue_ids is None:
+        return await _read_queues(db, None)
+    wanted = sorted(set(queue_ids))
+    # Keyed by the engine too: tests and benchmarks run several databases in one process.
+    engine_key = str(db.bind.url)
+    now = time.monotonic()
+    found: dict[int, QueueInfo] = {}
+    missing = []
+    for queue_id in wanted:
+        cached = _queue_cache.get((engine_key, queue_id))
+        if cached is not None and now - cached[0] < QUEUE_CACHE_SECONDS:
+            found[queue_id] = cached[1]
+        else:
+            missing.append(queue_id)
+    if missing:
+        read = await _read_queues(db, missing)
+        for queue_id, info in read.items():
+            _queue_cache[(engine_key, queue_id)] = (now, info)
+        found.update(read)
+    return found
+
+
+async def _read_queues(db: AsyncSession, queue_ids: Iterable[int] | None) -> dict[int, QueueInfo]:
     """Queue rules by id (all queues, or the given ones), in two queries."""
     query = select(RoutingQueue)
     skills_query = select(QueueSkill)
@@ -265,19 +302,13 @@ async def _memberships_of(db: AsyncSession, user_id: int) -> frozenset[int]:
 # --- presence ----------------------------------------------------------------------------------------
 async def _resolved_capacity(db: AsyncSession, user_id: int) -> CapacityProfile | None:
     """The agent's own profile, else their team's (the lowest team id if several), else None (defaults)."""
-    own = await db.scalar(
-        select(CapacityProfile)
-        .join(CapacityAssignment, CapacityAssignment.profile_id == CapacityProfile.id)
-        .where(CapacityAssignment.user_id == user_id)
-    )
-    if own is not None:
-        return own
+    own_team = select(TeamMember.team_id).where(TeamMember.user_id == user_id)
     return await db.scalar(
         select(CapacityProfile)
         .join(CapacityAssignment, CapacityAssignment.profile_id == CapacityProfile.id)
-        .join(TeamMember, TeamMember.team_id == CapacityAssignment.team_id)
-        .where(TeamMember.user_id == user_id)
-        .order_by(CapacityAssignment.team_id)
+        .where(or_(CapacityAssignment.user_id == user_id, CapacityAssignment.team_id.in_(own_team)))
+        # The agent's own assignment (team_id NULL) sorts first, then teams by id.
+        .order_by(CapacityAssignment.team_id.is_not(None), CapacityAssignment.team_id)
         .limit(1)
     )
 
@@ -300,11 +331,10 @@ async def refresh_capacity(db: AsyncSession, user_ids: Iterable[int]) -> None:
     await db.flush()
 
 
-async def _staff_agent(db: AsyncSession, user_id: int) -> User:
-    user = await db.get(User, user_id)
-    if user is None or not user.is_active:
+async def _staff_agent(db: AsyncSession, user_id: int) -> None:
+    found = await db.scalar(select(User.id).where(User.id == user_id, User.is_active))
+    if found is None:
         raise NotFound("agent")
-    return user
 
 
 async def agent_state(
@@ -713,7 +743,17 @@ async def _claim(
     )
     db.add(offer)
     await db.flush()
-    await db.refresh(entry)
+    # The UPDATE above changed the row behind the session's back: record its new values as loaded
+    # (without marking them dirty) instead of reading the row again.
+    for name, value in (
+        ("state", EntryState.offered),
+        ("offer_agent_id", agent_id),
+        ("offer_expires_at", expires),
+        ("offers_made", entry.offers_made + 1),
+        ("review_at", None),
+        ("version", entry.version + 1),
+    ):
+        set_committed_value(entry, name, value)
     await interactions.routing_stamp(db, entry.interaction_id, "offered", now)
     publish_on_commit(
         db,
@@ -734,9 +774,27 @@ async def _claim(
 
 
 async def _agent_view_of(db: AsyncSession, state: AgentState) -> policy.AgentView:
-    skills = (await _skills_of(db, [state.user_id]))[state.user_id]
-    languages = (await _languages_of(db, [state.user_id]))[state.user_id]
-    return _agent_view(state, skills, languages, await _memberships_of(db, state.user_id))
+    """The agent as policy sees them: skills, languages and queues read in one statement."""
+    uid = state.user_id
+    text_null = cast(null(), String)
+    facts = union_all(
+        select(literal("skill"), AgentSkill.skill_id, AgentSkill.proficiency, text_null).where(
+            AgentSkill.user_id == uid
+        ),
+        select(literal("language"), literal(0), literal(0), AgentLanguage.language).where(AgentLanguage.user_id == uid),
+        select(literal("queue"), QueueMember.queue_id, literal(0), text_null).where(QueueMember.user_id == uid),
+    )
+    skills: dict[int, int] = {}
+    languages: set[str] = set()
+    queues: set[int] = set()
+    for kind, number, level, text in await db.execute(facts):
+        if kind == "skill":
+            skills[number] = level
+        elif kind == "language":
+            languages.add(text)
+        else:
+            queues.add(number)
+    return _agent_view(state, skills, frozenset(languages), frozenset(queues))
 
 
 async def _waiting_for(
@@ -748,8 +806,9 @@ async def _waiting_for(
     skip: set[int],
 ) -> list[RoutingEntry]:
     """The waiting contacts the agent could take: per queue they serve, the head of the queue among
-    those that have waited long enough for the agent's bullseye level, plus any reserved for them."""
-    parts = []
+    those that have waited long enough for the agent's bullseye level, plus any reserved for them. One
+    statement: a UNION ALL of one index range scan per queue."""
+    heads = []
     for queue in queues.values():
         if not queue.active or not policy.language_ok(queue.rule, agent):
             continue
@@ -759,7 +818,7 @@ async def _waiting_for(
         if level is None:
             continue
         waited_since = now - timedelta(seconds=queue.rule.wait_for_level(level))
-        parts.append(
+        heads.append(
             select(RoutingEntry.interaction_id)
             .where(
                 RoutingEntry.queue_id == queue.row_id,
@@ -769,26 +828,28 @@ async def _waiting_for(
             )
             .order_by(RoutingEntry.priority_order, RoutingEntry.waiting_since)
             .limit(CONTACTS_PER_QUEUE + len(skip))
+            .subquery()
         )
-    if agent.queues:
-        parts.append(
-            select(RoutingEntry.interaction_id).where(
-                RoutingEntry.sticky_agent_id == agent.id,
-                RoutingEntry.state == EntryState.waiting,
-                RoutingEntry.sticky_until > now,
-            )
-        )
-    if not parts:
-        return []
-    ids: set[int] = set()
-    for part in parts:
-        # One statement per queue: each is an index range scan; a UNION of LIMITed selects needs
-        # subquery wrapping that SQLite and PostgreSQL plan differently.
-        ids.update((await db.scalars(part)).all())
-    ids -= skip
-    if not ids:
-        return []
-    return list((await db.scalars(select(RoutingEntry).where(RoutingEntry.interaction_id.in_(sorted(ids))))).all())
+    if not heads:
+        return []  # nothing the agent could take now: the contacts reserved for them must wait too
+    reserved = select(RoutingEntry.interaction_id).where(
+        RoutingEntry.sticky_agent_id == agent.id,
+        RoutingEntry.state == EntryState.waiting,
+        RoutingEntry.sticky_until > now,
+    )
+    candidates = union_all(*(select(head.c.interaction_id) for head in heads), reserved).subquery()
+    query = select(RoutingEntry).where(RoutingEntry.interaction_id.in_(select(candidates.c.interaction_id)))
+    if skip:
+        query = query.where(RoutingEntry.interaction_id.not_in(sorted(skip)))
+    return list((await db.scalars(query.execution_options(populate_existing=True))).all())
+
+
+def _can_take_more(agent: policy.AgentView, queues: dict[int, QueueInfo], cfg: RoutingConfig, now: datetime) -> bool:
+    return any(
+        policy.agent_can_take_now(agent, q.channel_class, cfg.rest, now.timestamp())
+        for q in queues.values()
+        if q.active
+    )
 
 
 async def route_agent(
@@ -804,14 +865,11 @@ async def route_agent(
         return offers
     agent = await _agent_view_of(db, state)
     queues = await load_queues(db, agent.queues)
-    while True:
+    rules = {q: i.rule for q, i in queues.items()}
+    while _can_take_more(agent, queues, cfg, now):
         entries = await _waiting_for(db, agent, queues, now, cfg, skip)
-        if not entries:
-            return offers
         by_id = {e.interaction_id: e for e in entries}
-        ranked = policy.rank_contacts(
-            agent, [contact_view(e) for e in entries], {q: i.rule for q, i in queues.items()}, cfg.rest, now.timestamp()
-        )
+        ranked = policy.rank_contacts(agent, [contact_view(e) for e in entries], rules, cfg.rest, now.timestamp())
         if not ranked:
             return offers
         claimed = None
@@ -819,24 +877,21 @@ async def route_agent(
             entry = by_id[contact.id]
             queue = queues[entry.queue_id]
             level = queue.rule.first_level(agent.skills) or 0
-            claimed = await _claim(
-                db, entry, queue, user_id, level, contact.sticky_for(now.timestamp()) == user_id, now, cfg
-            )
-            if claimed is not None:
-                break
+            sticky = contact.sticky_for(now.timestamp()) == user_id
+            claimed = await _claim(db, entry, queue, user_id, level, sticky, now, cfg)
             skip.add(contact.id)
+            if claimed is not None:
+                agent.load[entry.channel_class] = agent.load.get(entry.channel_class, 0) + 1
+                offers.append(claimed)
+                break
+            # Lost: the contact went to someone else, or the agent changed (left, filled up) meanwhile.
             state = await db.get(AgentState, user_id, populate_existing=True)
-            assert state is not None
-            agent = await _agent_view_of(db, state)
-            if state.presence not in policy.ROUTABLE:
+            if state is None or state.presence not in policy.ROUTABLE:
                 return offers
+            agent.presence, agent.load = state.presence, load_of(state)
         if claimed is None:
-            continue
-        offers.append(claimed)
-        skip.add(claimed.interaction_id)
-        state = await db.get(AgentState, user_id, populate_existing=True)
-        assert state is not None
-        agent.load = load_of(state)
+            return offers
+    return offers
 
 
 # --- offers ------------------------------------------------------------------------------------------
@@ -1430,6 +1485,7 @@ __all__ = [
     "end_after_contact_work",
     "enqueue",
     "interaction_ended",
+    "invalidate_queues",
     "load_queues",
     "move_contact",
     "position_of",
