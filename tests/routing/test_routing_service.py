@@ -360,3 +360,22 @@ def _supervisor():
 
 
 _ = timedelta
+
+
+async def test_among_equals_the_longest_idle_agent_gets_the_contact(app, make) -> None:
+    t = clock()
+    queue = await make_queue(app)
+    first = await make_agent(app, make, queues=(queue.id,))
+    second = await make_agent(app, make, queues=(queue.id,))
+    await set_presence(app, first, "available", t.now)
+    await set_presence(app, second, "available", t.advance(1))
+    a = await contact(app, queue, t.advance(1))
+    assert await offered_to(app, a) == first.id  # idle the longest
+    await accept(app, first, a, t.advance(1))
+    b = await contact(app, queue, t.advance(1))
+    assert await offered_to(app, b) == second.id
+    await accept(app, second, b, t.advance(1))
+    await end(app, b, t.advance(10))  # second is idle from now ...
+    await end(app, a, t.advance(10))  # ... first only from now
+    c = await contact(app, queue, t.advance(1))
+    assert await offered_to(app, c) == second.id

@@ -386,7 +386,8 @@ def _record_presence(
         state.on_line_since = _dt(
             cfg.rest.on_line_since_after(_ts(state.on_line_since), _ts(state.rest_started_at), now.timestamp())
         )
-    if presence == Presence.available and previous != Presence.on_contact:
+    if presence == Presence.available:
+        # Idle from now: back from a break, or the last contact (and its after-contact work) is done.
         state.idle_since = now
     state.presence = presence
     state.reason = reason
