@@ -357,5 +357,78 @@ def customers_export(
     typer.echo(json.dumps({"exported": count, "out": str(out)}, ensure_ascii=False), err=to_stdout)
 
 
+class SimPreset(StrEnum):
+    erlang = "erlang"
+    multiskill = "multiskill"
+
+
+class SimStrategy(StrEnum):
+    skills = "skills"
+    random = "random"
+    longest_idle = "longest_idle"
+    all = "all"
+
+
+@app.command()
+def sim(
+    preset: Annotated[SimPreset | None, typer.Option(help="a built-in scenario")] = None,
+    scenario: Annotated[Path | None, typer.Option(dir_okay=False, help="a scenario JSON file")] = None,
+    strategy: Annotated[
+        SimStrategy | None, typer.Option(help="routing to simulate (default: the scenario's; all: compare)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: the scenario's, presets: 1)")] = None,
+    occupancy: Annotated[float, typer.Option(help="erlang: offered load per agent")] = 0.85,
+    agents: Annotated[int | None, typer.Option(help="erlang: agents (20); multiskill: agents (80)")] = None,
+    aht: Annotated[float, typer.Option(help="erlang: mean handle time, seconds")] = 180.0,
+    contacts: Annotated[int, typer.Option(help="erlang: contacts measured after the warm-up")] = 100_000,
+    patience: Annotated[float | None, typer.Option(help="erlang: mean patience, seconds (Erlang A)")] = None,
+    threshold: Annotated[float, typer.Option(help="erlang: service-level threshold, seconds")] = 20.0,
+    hours: Annotated[float, typer.Option(help="multiskill: hours simulated after a 30-minute warm-up")] = 8.0,
+    load: Annotated[float, typer.Option(help="multiskill: arrival-rate scale")] = 1.1,
+) -> None:
+    """Simulate routing (discrete events, the real routing decisions); prints JSON: service level, ASA,
+    abandonment, occupancy per queue and overall; the erlang preset also prints the Erlang C (A) figures."""
+    from kefu.routing import erlang as theory
+    from kefu.routing import sim as simulator
+
+    if (preset is None) == (scenario is None):
+        _fail("give either --preset or --scenario")
+    try:
+        if scenario is not None:
+            chosen = simulator.load_scenario(scenario)
+            if seed is not None:
+                chosen = simulator.with_seed(chosen, seed)
+        elif preset is SimPreset.erlang:
+            chosen = simulator.erlang_scenario(
+                occupancy=occupancy,
+                agents=20 if agents is None else agents,
+                aht=aht,
+                contacts=contacts,
+                seed=1 if seed is None else seed,
+                patience=patience,
+                threshold=threshold,
+            )
+        else:
+            chosen = simulator.multiskill_scenario(
+                seed=1 if seed is None else seed, hours=hours, agents=80 if agents is None else agents, load=load
+            )
+        if strategy is SimStrategy.all:
+            result = simulator.compare_strategies(chosen)
+        else:
+            result = simulator.simulate(chosen, None if strategy is None else strategy.value)
+        if preset is SimPreset.erlang:
+            rate = occupancy * len(chosen.agents) / aht
+            figures = (
+                theory.erlang_c_figures(len(chosen.agents), rate, aht, threshold)
+                if patience is None
+                else theory.erlang_a_figures(len(chosen.agents), rate, aht, patience, threshold)
+            )
+            result["theory"] = {"model": "erlang_c" if patience is None else "erlang_a", **figures.as_dict()}
+    except (simulator.ScenarioError, ValueError) as exc:
+        _fail(str(exc))
+    json.dump(result, sys.stdout, ensure_ascii=False, indent=2)
+    typer.echo()
+
+
 if __name__ == "__main__":
     app()

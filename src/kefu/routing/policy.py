@@ -141,12 +141,19 @@ class QueueRule:
     priority: int = 0
     bullseye: tuple[BullseyeStep, ...] = ()
     sticky_seconds: int = 0
+    # The requirement at each bullseye level, worked out once (decisions ask for it all the time).
+    levels: tuple[tuple[SkillNeed, ...] | None, ...] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(self._needs(level) for level in range(len(self.bullseye) + 1)))
 
     def level_at(self, waited: float) -> int:
-        """The bullseye level a contact has reached after waiting ``waited`` seconds (0 = as configured)."""
+        """The bullseye level a contact has reached after waiting ``waited`` seconds (0 = as configured).
+        A step counts from a hair before its moment: ``(t + s) - t`` can come out just under ``s`` in
+        floating point, and a review held exactly at a step's moment must see the step reached."""
         level = 0
         for step in self.bullseye:
-            if waited >= step.after_seconds:
+            if waited + 1e-6 >= step.after_seconds:
                 level += 1
             else:
                 break
@@ -158,6 +165,9 @@ class QueueRule:
 
     def needs_at(self, level: int) -> tuple[SkillNeed, ...] | None:
         """The skill requirement at ``level``; None when any member will do."""
+        return self.levels[level]
+
+    def _needs(self, level: int) -> tuple[SkillNeed, ...] | None:
         drop = 0
         for step in self.bullseye[:level]:
             if step.any_member:
@@ -167,8 +177,7 @@ class QueueRule:
 
     def first_level(self, skills: Mapping[int, int]) -> int | None:
         """The lowest level at which an agent with ``skills`` meets the requirement (None: never)."""
-        for level in range(len(self.bullseye) + 1):
-            needs = self.needs_at(level)
+        for level, needs in enumerate(self.levels):
             if needs is None or all(skills.get(n.skill_id, 0) >= n.min_proficiency for n in needs):
                 return level
         return None
