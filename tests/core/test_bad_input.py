@@ -14,6 +14,7 @@ from kefu.core.audit import AuditEntry
 from kefu.customers.models import Customer, CustomerIdentity, CustomerNote, Organisation
 from kefu.identity.models import ApiToken, Skill, Team, User
 from kefu.interactions.models import ContactReason, Interaction
+from kefu.routing.models import CapacityAssignment, CapacityProfile, QueueMember, QueueSkill, RoutingQueue
 from kefu.tickets.models import (
     BusinessCalendar,
     Macro,
@@ -45,6 +46,11 @@ COUNTED = (
     SlaPolicy,
     Macro,
     SavedView,
+    RoutingQueue,
+    QueueSkill,
+    QueueMember,
+    CapacityProfile,
+    CapacityAssignment,
 )
 
 # Our own list, in the spirit of the "big list of naughty strings": control characters, invalid
@@ -176,6 +182,15 @@ TEXT_FIELDS += [  # the service desk
     ("POST", "/api/v1/macros", lambda: {"name": unique("m"), "body": "您好"}, ["name", "body"]),
     ("POST", "/api/v1/saved-views", lambda: {"name": unique("v")}, ["name"]),
     ("POST", "/api/v1/work-order-fields", lambda: {"key": unique("f"), "label": "字段"}, ["key", "label"]),
+]
+TEXT_FIELDS += [  # routing
+    (
+        "POST",
+        "/api/v1/routing/queues",
+        lambda: {"code": unique("rq"), "name": "队列", "channel": "chat"},
+        ["code", "name"],
+    ),
+    ("POST", "/api/v1/routing/capacity-profiles", lambda: {"name": unique("cap")}, ["name"]),
 ]
 CASES = [(m, p, body, field) for m, p, body, fields in TEXT_FIELDS for field in fields]
 
@@ -316,3 +331,42 @@ async def test_invalid_utf8_in_forms_is_refused_cleanly(app, admin_client) -> No
     assert raw.status_code < 500
     if response.status_code >= 400 and raw.status_code >= 400:
         assert await counts(app) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload"),
+    [
+        ("POST", "/api/v1/routing/queues", {"code": "rq-bad", "name": "q", "channel": "chat", "priority": 2**70}),
+        ("POST", "/api/v1/routing/queues", {"code": "rq-bad", "name": "q", "channel": "chat", "bullseye": {"$gt": 1}}),
+        ("POST", "/api/v1/routing/queues", {"code": "rq-bad", "name": "q", "channel": "chat", "team_id": 2**63}),
+        ("POST", "/api/v1/routing/queues", {"code": "rq-bad", "name": "q", "channel": "chat", "skills": [{}]}),
+        ("POST", "/api/v1/routing/capacity-profiles", {"name": "c", "chat": -1}),
+        ("PUT", "/api/v1/routing/capacity-assignments", {"user_id": "{user_id}", "profile_id": 2**63}),
+        ("PUT", "/api/v1/routing/agents/{user_id}/queues", {"add": [0]}),
+        ("PUT", "/api/v1/routing/presence/me", {"presence": "asleep"}),
+        ("POST", "/api/v1/routing/entries/{interaction_id}/move", {"queue_id": "one"}),
+        ("PATCH", "/api/v1/routing/entries/{interaction_id}", {"priority": 1e9}),
+    ],
+    ids=lambda v: v if isinstance(v, str) and v.startswith("/") else None,
+)
+async def test_routing_bad_values(app, admin_client, method: str, path: str, payload: dict) -> None:
+    before = await counts(app)
+    body = json.loads(json.dumps(payload).replace('"{user_id}"', str(admin_client.extra["user_id"])))
+    response = await admin_client.request(method, path.format(**admin_client.extra), json=body)
+    assert 400 <= response.status_code < 500, response.text[:500]
+    assert_error_shape(response)
+    assert await counts(app) == before
+
+
+async def test_routing_bad_query_and_path_parameters(admin_client) -> None:
+    for url in (
+        "/api/v1/routing/entries?state=lost",
+        "/api/v1/routing/entries?queue_id=0",
+        "/api/v1/routing/entries?limit=1000",
+        "/api/v1/routing/queues/abc",
+        "/api/v1/routing/agents/99999999999999999999999/state-changes",
+        "/api/v1/routing/entries/-1/position",
+    ):
+        response = await admin_client.get(url)
+        assert 400 <= response.status_code < 500, url
+        assert_error_shape(response)

@@ -42,7 +42,6 @@ from kefu.identity.schemas import (
     UserUpdate,
 )
 from kefu.identity.service import actor_of
-from kefu.routing import service as routing
 from kefu.settings import Settings
 
 router = APIRouter(prefix="/api/v1")
@@ -286,8 +285,6 @@ async def set_user_skills(
             skills={s.skill_id: s.proficiency for s in body.skills},
             languages=body.languages,
         )
-        # A skill or language change can make the agent the one a waiting contact needs.
-        await routing.agent_changed(db, user_id)
     return UserOut.of(user)
 
 

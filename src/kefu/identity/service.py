@@ -178,7 +178,18 @@ async def update_user(
     if changes:
         await audit.record(db, actor, "user.update", object_type="user", object_id=user.id, details=changes)
     await db.flush()
+    if "team_ids" in changes:
+        await _routing_sees_teams_changed(db, [user.id])
     return user
+
+
+async def _routing_sees_teams_changed(db: AsyncSession, user_ids: Sequence[int]) -> None:
+    """Team capacity profiles follow membership: routing takes the new limits and runs again."""
+    from kefu.routing import service as routing
+
+    await routing.refresh_capacity(db, user_ids)
+    for user_id in user_ids:
+        await routing.agent_changed(db, user_id)
 
 
 async def set_active(db: AsyncSession, actor: Actor, user: User, active: bool) -> User:
@@ -285,10 +296,13 @@ async def update_team(
         team.description = description
     if is_active is not None and is_active != team.is_active:
         team.is_active, changes["is_active"] = is_active, is_active
+    moved: set[int] = set()
     if member_ids is not None:
         wanted = set(member_ids)
         if missing := wanted - set((await db.scalars(select(User.id).where(User.id.in_(wanted)))).all()):
             raise Invalid("unknown users", {"user_ids": sorted(missing)})
+        had = set((await db.scalars(select(TeamMember.user_id).where(TeamMember.team_id == team.id))).all())
+        moved = had ^ wanted
         await db.execute(delete(TeamMember).where(TeamMember.team_id == team.id))
         db.expire(team, ["members"])
         for user_id in sorted(wanted):
@@ -298,6 +312,8 @@ async def update_team(
         await audit.record(db, actor, "team.update", object_type="team", object_id=team.id, details=changes)
     await db.flush()
     await db.refresh(team, ["members"])
+    if moved:
+        await _routing_sees_teams_changed(db, sorted(moved))
     return team
 
 
@@ -359,6 +375,11 @@ async def set_agent_skills(
     await audit.record(db, actor, "user.skills_set", object_type="user", object_id=user.id, details=details)
     await db.flush()
     await db.refresh(user, ["skills", "languages"])
+    # A skill or language change can make the agent the one a waiting contact needs: route again
+    # (from every place skills are set: the API, the admin pages, imports).
+    from kefu.routing import service as routing
+
+    await routing.agent_changed(db, user.id)
     return user
 
 
