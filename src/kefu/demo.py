@@ -69,6 +69,7 @@ async def load_demo(db: AsyncSession) -> list[str]:
             )
         created.append(username)
     await load_service_desk_demo(db, teams)
+    await load_routing_demo(db, teams, skills)
     return created
 
 
@@ -181,3 +182,63 @@ async def load_service_desk_demo(db: AsyncSession, teams: dict[str, Team]) -> No
         actions={},
         body="{{customer.name}}您好，关于工单 {{work_order.number}}，我们已在处理中，将尽快给您答复。——{{agent.name}}",
     )
+
+
+DEMO_QUEUES = (
+    # code, name, channel, language, skills (name -> minimum), members, extra settings
+    (
+        "cn-phone",
+        "中文热线 Chinese line",
+        "phone",
+        "zh-CN",
+        {"账户与登录 Accounts": 3},
+        ("agent", "agent2"),
+        {
+            "bullseye": [{"after_seconds": 30, "proficiency_drop": 1}, {"after_seconds": 90, "any_member": True}],
+            "sticky_seconds": 120,
+            "after_contact_seconds": 30,
+            "max_wait_seconds": 600,
+            "max_wait_action": "callback",
+        },
+    ),
+    ("cn-chat", "在线客服 Web chat", "chat", "zh-CN", {}, ("agent", "agent2"), {"sticky_seconds": 600}),
+    (
+        "en-phone",
+        "English line",
+        "phone",
+        "en",
+        {"银行卡 Cards": 3},
+        ("agent2",),
+        {"sl_target_percent": 80, "sl_threshold_seconds": 30, "after_contact_seconds": 30},
+    ),
+    ("email", "邮件 Email", "email", None, {}, ("agent", "agent2"), {"sl_threshold_seconds": 14400}),
+)
+
+
+async def load_routing_demo(db: AsyncSession, teams: dict[str, Team], skills: dict[str, Skill]) -> None:
+    """Queues for phone, chat and email with skills and members, and the front line's capacity profile."""
+    from kefu.core.policy import Principal
+    from kefu.routing import queues
+    from kefu.routing.models import RoutingQueue
+
+    if await db.scalar(select(RoutingQueue.id).where(RoutingQueue.code == "cn-phone")) is not None:
+        return
+    admin_id = await db.scalar(select(User.id).where(User.username == "admin"))
+    system = Principal(user_id=admin_id, username="demo", roles=frozenset({"admin"}), via="session")
+    users = {u.username: u.id for u in (await db.scalars(select(User))).all()}
+    for code, name, channel, language, needs, members, extra in DEMO_QUEUES:
+        queue = await queues.create_queue(
+            db,
+            system,
+            {
+                "code": code,
+                "name": name,
+                "channel": channel,
+                "language": language,
+                "skills": [{"skill_id": skills[n].id, "min_proficiency": p} for n, p in needs.items()],
+                **extra,
+            },
+        )
+        await queues.set_members(db, system, queue.queue.id, [users[m] for m in members])
+    profile = await queues.create_profile(db, system, {"name": "标准 Standard", "voice": 1, "chat": 3, "email": 5})
+    await queues.assign_profile(db, system, team_id=teams["一线客服 Front line"].id, profile_id=profile.profile.id)

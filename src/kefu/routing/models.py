@@ -227,6 +227,8 @@ class RoutingEntry(Base):
         Index("ix_routing_entries_review", "state", "review_at"),
         Index("ix_routing_entries_offer_expiry", "state", "offer_expires_at"),
         Index("ix_routing_entries_agent", "agent_id", "state"),
+        # The live view's "today": entries still open, or ended since midnight.
+        Index("ix_routing_entries_state_ended", "state", "ended_at"),
     )
 
 

@@ -645,8 +645,17 @@ async def route_contact(
     return None
 
 
+# Two decisions running at once can miss each other: a contact enqueued while an agent becomes available
+# in another transaction sees no agent, and the agent sees no contact (neither sees the other's
+# uncommitted row). So the sweep takes a second look at every new contact, and at every agent who just
+# became available, this long afterwards.
+SECOND_LOOK = timedelta(seconds=2)
+
+
 def _review_moment(entry: RoutingEntry, queue: QueueInfo, now: datetime) -> datetime | None:
     later = []
+    if now < entry.queue_entered_at + SECOND_LOOK:
+        later.append((entry.queue_entered_at + SECOND_LOOK).timestamp())
     if queue.overflow_queue_id is not None and queue.overflow_after_seconds is not None:
         later.append((entry.queue_entered_at + timedelta(seconds=queue.overflow_after_seconds)).timestamp())
     if queue.max_wait_seconds is not None and queue.max_wait_action != MaxWaitAction.keep:
@@ -1162,12 +1171,31 @@ async def _due_items(db: AsyncSession, now: datetime, batch: int) -> list[tuple[
             .limit(batch)
         )
     ).all()
-    return [("offer", i) for i in expired] + [("acw", u) for u in acw_done] + [("review", i) for i in due]
+    just_available = (
+        await db.scalars(
+            select(AgentState.user_id)
+            .where(
+                AgentState.presence.in_([p.value for p in policy.ROUTABLE]),
+                AgentState.since <= now - SECOND_LOOK,
+                AgentState.since > now - 3 * SECOND_LOOK,
+            )
+            .limit(batch)
+        )
+    ).all()
+    return (
+        [("offer", i) for i in expired]
+        + [("acw", u) for u in acw_done]
+        + [("review", i) for i in due]
+        + [("agent", u) for u in just_available]
+    )
 
 
 async def sweep_item(db: AsyncSession, kind: str, item_id: int, now: datetime) -> SweepResult:
     """One piece of the sweep, re-checked under its lock (another process may have done it already)."""
     result = SweepResult()
+    if kind == "agent":
+        result.offers += len(await route_agent(db, item_id, now=now))
+        return result
     if kind == "acw":
         if await end_after_contact_work(db, item_id, now=now):
             result.after_contact_ended += 1

@@ -292,6 +292,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("routing_entries", schema=None) as batch_op:
         batch_op.create_index("ix_routing_entries_agent", ["agent_id", "state"], unique=False)
+        batch_op.create_index("ix_routing_entries_state_ended", ["state", "ended_at"], unique=False)
         batch_op.create_index(
             "ix_routing_entries_next", ["queue_id", "state", "priority_order", "waiting_since"], unique=False
         )
@@ -350,6 +351,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_routing_entries_offer_expiry")
         batch_op.drop_index("ix_routing_entries_next")
         batch_op.drop_index("ix_routing_entries_agent")
+        batch_op.drop_index("ix_routing_entries_state_ended")
 
     op.drop_table("routing_entries")
     with op.batch_alter_table("routing_assignments", schema=None) as batch_op:

@@ -1,6 +1,6 @@
 // The agent desktop: screen pop on "desk.pop" events, the contact list, the knowledge panel's "insert",
-// and keyboard shortcuts. kefu.js owns the /ws socket and re-dispatches its events as "kefu:<type>" DOM
-// events; this file only listens. Everything shown from event data goes in through textContent.
+// the routing status and ringing offers, and keyboard shortcuts. kefu.js owns the /ws socket and
+// re-dispatches its events as "kefu:<type>" DOM events; this file only listens. Everything shown from event data goes in through textContent.
 (function () {
   "use strict";
   var desk = document.getElementById("desk");
@@ -178,6 +178,225 @@
     }
   });
 
+
+  // --- routing: my status and the contacts ringing for me ------------------------------------------
+  // PUT /api/v1/routing/presence/me changes the status; "routing.presence" events (a contact accepted,
+  // after-contact work ended, a break forced by missed offers) keep it current. "routing.offer" shows
+  // an offer with its countdown; accepting it makes the server send "desk.pop", which the handler
+  // above shows; "routing.offer_gone" (rang out, withdrawn) takes it away.
+  var presenceBox = document.getElementById("desk-presence");
+  var offersBox = document.getElementById("desk-offers");
+  var myId = presenceBox ? presenceBox.getAttribute("data-user-id") : "";
+  var presenceClock = document.getElementById("desk-presence-clock");
+  var clockBase = presenceClock ? parseInt(presenceClock.getAttribute("data-seconds"), 10) : NaN;
+  var clockFrom = performance.now();
+  // Ringing offers: interaction id -> the moment (this browser's monotonic clock) it rings out, counted
+  // from the seconds the server gave, so a skewed client clock does not shorten or stretch it.
+  var offers = {};
+
+  function json(attr, el) {
+    try { return JSON.parse((el && el.getAttribute(attr)) || "{}"); } catch (e) { return {}; }
+  }
+  var presenceLabels = json("data-labels", presenceBox);
+  var reasonLabels = json("data-reasons", presenceBox);
+  var channelLabels = json("data-channels", offersBox);
+
+  function duration(seconds) {
+    var s = Math.max(0, Math.floor(seconds));
+    var h = Math.floor(s / 3600);
+    var m = Math.floor((s % 3600) / 60);
+    var mm = h ? String(m).padStart(2, "0") : String(m);
+    return (h ? h + ":" : "") + mm + ":" + String(s % 60).padStart(2, "0");
+  }
+
+  function showPresence(presence, reason, seconds) {
+    if (!presenceBox) return;
+    presenceBox.setAttribute("data-presence", presence);
+    var state = document.getElementById("desk-presence-state");
+    state.textContent = "";
+    var badge = document.createElement("span");
+    badge.className = "rp rp-" + presence;
+    badge.setAttribute("data-presence", presence);
+    badge.textContent = presenceLabels[presence] || presence;
+    state.appendChild(badge);
+    if (reason) {
+      var why = document.createElement("span");
+      why.className = "rp-reason";
+      why.textContent = " " + (reasonLabels[reason] || reason);
+      state.appendChild(why);
+    }
+    clockBase = typeof seconds === "number" ? seconds : 0;
+    clockFrom = performance.now();
+    var acw = document.getElementById("desk-end-acw");
+    if (acw) acw.hidden = presence !== "after_contact";
+    presenceBox.querySelectorAll("button[data-set-presence]").forEach(function (button) {
+      var on = button.id !== "desk-end-acw" && button.getAttribute("data-set-presence") === presence;
+      button.setAttribute("aria-pressed", on ? "true" : "false");
+    });
+    tickClocks();
+  }
+
+  function api(method, url, body) {
+    var options = {
+      method: method,
+      credentials: "same-origin",
+      headers: { Accept: "application/json", "X-CSRF-Token": csrf },
+    };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    return fetch(url, options).then(function (response) {
+      return response
+        .json()
+        .catch(function () { return {}; })
+        .then(function (data) {
+          if (response.ok) return data;
+          var error = new Error((data && data.error && data.error.message) || String(response.status));
+          error.status = response.status;
+          throw error;
+        });
+    });
+  }
+
+  function setPresence(presence) {
+    var body = { presence: presence };
+    if (presence === "break") body.reason = document.getElementById("desk-break-reason").value;
+    return api("PUT", "/api/v1/routing/presence/me", body)
+      .then(function (state) { showPresence(state.presence, state.reason, state.seconds_in_state); })
+      .catch(function (err) { toast((presenceBox.dataset.msgFailed || "") + " " + err.message); });
+  }
+
+  if (presenceBox) {
+    presenceBox.addEventListener("click", function (ev) {
+      var button = ev.target.closest("button[data-set-presence]");
+      if (button) setPresence(button.getAttribute("data-set-presence"));
+    });
+    // NaN: never signed in to routing, no time in state to show yet.
+    showPresence(presenceBox.getAttribute("data-presence"), presenceBox.getAttribute("data-reason") || null, clockBase);
+  }
+
+  document.addEventListener("kefu:routing.presence", function (ev) {
+    var data = (ev.detail && ev.detail.data) || {};
+    if (String(data.user_id) !== myId) return; // supervisors on the desk also hear everyone's changes
+    showPresence(data.presence, data.reason, 0);
+  });
+
+  // Offers: one card each, newest last (``offers`` is declared above with the other state).
+
+  function offerCard(id) {
+    return offersBox ? offersBox.querySelector('[data-offer-id="' + id + '"]') : null;
+  }
+
+  function dropOffer(id) {
+    var card = offerCard(id);
+    if (card) card.remove();
+    delete offers[id];
+  }
+
+  function addOffer(data, secondsLeft) {
+    if (!offersBox || !data.interaction_id) return;
+    var id = String(data.interaction_id);
+    if (offers[id]) return;
+    offers[id] = performance.now() + Math.max(0, secondsLeft) * 1000;
+    var d = offersBox.dataset;
+    var card = document.createElement("div");
+    card.className = "card desk-offer";
+    card.setAttribute("role", "alert");
+    card.setAttribute("data-offer-id", id);
+    var title = document.createElement("strong");
+    title.className = "desk-offer-title";
+    title.textContent = d.msgTitle || "Incoming contact";
+    var what = document.createElement("span");
+    what.className = "desk-offer-what";
+    var channel = channelLabels[data.channel] || data.channel || "";
+    what.textContent = [channel, (d.msgQueue || "Queue") + ": " + (data.queue_code || data.queue || "")].join(" · ");
+    var left = document.createElement("span");
+    left.className = "desk-offer-left rl-clock";
+    var accept = document.createElement("button");
+    accept.type = "button";
+    accept.className = "primary desk-offer-accept";
+    accept.textContent = d.msgAccept || "Accept";
+    accept.setAttribute("aria-keyshortcuts", "Alt+A");
+    var reject = document.createElement("button");
+    reject.type = "button";
+    reject.className = "desk-offer-reject";
+    reject.textContent = d.msgReject || "Reject";
+    reject.setAttribute("aria-keyshortcuts", "Alt+X");
+    card.appendChild(title);
+    card.appendChild(what);
+    card.appendChild(left);
+    card.appendChild(accept);
+    card.appendChild(reject);
+    offersBox.appendChild(card);
+    tickClocks();
+  }
+
+  function decide(id, verb) {
+    var card = offerCard(id);
+    if (!card) return;
+    card.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+    api("POST", "/api/v1/routing/offers/" + encodeURIComponent(id) + "/" + verb)
+      .then(function () { dropOffer(id); })
+      .catch(function (err) {
+        dropOffer(id);
+        toast((offersBox.dataset.msgFailed || "") + (err.status === 409 ? "" : " " + err.message));
+      });
+  }
+
+  if (offersBox) {
+    offersBox.addEventListener("click", function (ev) {
+      var card = ev.target.closest("[data-offer-id]");
+      if (!card) return;
+      if (ev.target.closest(".desk-offer-accept")) decide(card.getAttribute("data-offer-id"), "accept");
+      else if (ev.target.closest(".desk-offer-reject")) decide(card.getAttribute("data-offer-id"), "reject");
+    });
+    // Offers already ringing when the desk (re)loads.
+    api("GET", "/api/v1/routing/offers/mine")
+      .then(function (list) {
+        (list || []).forEach(function (offer) { addOffer(offer, offer.seconds_left); });
+      })
+      .catch(function () { /* the next offer event still shows */ });
+  }
+
+  document.addEventListener("kefu:routing.offer", function (ev) {
+    var data = (ev.detail && ev.detail.data) || {};
+    addOffer(data, data.timeout_seconds || 0);
+  });
+
+  document.addEventListener("kefu:routing.offer_gone", function (ev) {
+    var data = (ev.detail && ev.detail.data) || {};
+    if (data.interaction_id && offerCard(String(data.interaction_id))) {
+      dropOffer(String(data.interaction_id));
+      if (data.outcome !== "accepted") toast(offersBox.dataset.msgGone || "Offer ended");
+    }
+  });
+
+  function firstOffer() {
+    return offersBox ? offersBox.querySelector("[data-offer-id]") : null;
+  }
+
+  function tickClocks() {
+    if (presenceClock && !isNaN(clockBase)) {
+      presenceClock.textContent = duration(clockBase + (performance.now() - clockFrom) / 1000);
+    }
+    var now = performance.now();
+    Object.keys(offers).forEach(function (id) {
+      var card = offerCard(id);
+      if (!card) return;
+      var left = Math.ceil((offers[id] - now) / 1000);
+      var label = card.querySelector(".desk-offer-left");
+      if (left > 0) {
+        label.textContent = left + " " + (offersBox.dataset.msgLeft || "s");
+      } else {
+        // Rang out here; the server's sweep takes the offer back and says so with offer_gone.
+        dropOffer(id);
+        toast(offersBox.dataset.msgGone || "Offer ended");
+      }
+    });
+  }
+  setInterval(tickClocks, 1000);
+
   // --- keyboard shortcuts ----------------------------------------------------------------------------
   function typing(target) {
     if (!target || !target.tagName) return false;
@@ -235,6 +454,13 @@
       } else if (ev.code === "KeyW") {
         // The reason comes first; a contact already wrapped up shows its summary instead.
         if (focusFirst("#desk-reason") || focusFirst("#desk-wrap-up-summary")) ev.preventDefault();
+      } else if (ev.code === "KeyA" || ev.code === "KeyX") {
+        // Works while typing a reply too: a ringing contact should not wait for a click.
+        var ringing = firstOffer();
+        if (ringing) {
+          ev.preventDefault();
+          decide(ringing.getAttribute("data-offer-id"), ev.code === "KeyA" ? "accept" : "reject");
+        }
       }
       return;
     }
@@ -248,6 +474,9 @@
     } else if (ev.key === "k") {
       ev.preventDefault();
       move(-1);
+    } else if (ev.key === "s" && presenceBox) {
+      ev.preventDefault();
+      focusFirst("#desk-presence button:not([hidden])");
     } else if (ev.key === "?") {
       ev.preventDefault();
       toggleHelp();
