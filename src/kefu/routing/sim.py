@@ -242,7 +242,11 @@ class _QueueStats:
 
 
 class _Run:
-    def __init__(self, scenario: Scenario, strategy: str, prune: bool = True) -> None:
+    def __init__(
+        self, scenario: Scenario, strategy: str, prune: bool = True, trace: list[tuple[float, int, int]] | None = None
+    ) -> None:
+        # Every offer as (time, contact id, agent id), when asked for (tests compare it with the router).
+        self.trace = trace
         if strategy not in STRATEGIES:
             raise ScenarioError(f"strategy: must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         self.sc = scenario
@@ -462,6 +466,8 @@ class _Run:
             self.unresolved_measured -= 1
 
     def _assign(self, agent: _Agent, contact: _Contact) -> None:
+        if self.trace is not None:
+            self.trace.append((self.now, contact.view.id, agent.view.id))
         self._account(agent)
         load = agent.view.load
         cls = contact.view.channel_class
@@ -833,10 +839,17 @@ def _figures(s: _QueueStats, busy: float, staffed: float) -> dict[str, Any]:
     }
 
 
-def simulate(scenario: Scenario, strategy: str | None = None, *, prune: bool = True) -> dict[str, Any]:
+def simulate(
+    scenario: Scenario,
+    strategy: str | None = None,
+    *,
+    prune: bool = True,
+    trace: list[tuple[float, int, int]] | None = None,
+) -> dict[str, Any]:
     """Run ``scenario`` once with ``strategy`` (default: the scenario's) and return the JSON-ready report.
-    ``prune=False`` hands every waiting contact to the decision (slower, same result: for tests)."""
-    return _Run(scenario, strategy or scenario.strategy, prune).run()
+    ``prune=False`` hands every waiting contact to the decision (slower, same result: for tests);
+    ``trace`` (a list) receives every offer as (time, contact id, agent id)."""
+    return _Run(scenario, strategy or scenario.strategy, prune, trace).run()
 
 
 def compare_strategies(scenario: Scenario, strategies: Sequence[str] = STRATEGIES) -> dict[str, Any]:
