@@ -24,9 +24,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, cast, delete, func, literal, null, or_, select, union_all, update
+from sqlalchemy import (
+    Float,
+    String,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from kefu.core import audit
@@ -586,36 +602,77 @@ def contact_view(entry: RoutingEntry) -> policy.ContactView:
     )
 
 
+# How many agents a contact's decision reads: the SQL below orders the candidates exactly as
+# policy._agent_key does, so the best is among the first; a few more cover agents a claim loses.
+AGENTS_PER_DECISION = 8
+
+
+def _occupancy_sql(db: AsyncSession) -> Any:
+    """SQL twin of policy.Capacity.occupancy: the largest load/limit share over the channel classes."""
+    shares = []
+    for cls in policy.CHANNEL_CLASSES:
+        load = getattr(AgentState, LOAD_COLUMNS[cls])
+        cap = getattr(AgentState, CAP_COLUMNS[cls])
+        shares.append(case((cap > 0, cast(load, Float) / cap), else_=literal(0.0, Float)))
+    greatest = func.greatest if db.bind.dialect.name == "postgresql" else func.max
+    return greatest(*shares)
+
+
 async def _candidate_agents(
     db: AsyncSession, entry: RoutingEntry, queue: QueueInfo, now: datetime, cfg: RoutingConfig
 ) -> list[policy.AgentView]:
-    """Members of the queue who could take a contact of its class right now (presence, capacity, rest,
-    language checked in SQL), with their skills; policy decides the rest."""
-    query = (
-        select(AgentState)
-        .join(QueueMember, and_(QueueMember.user_id == AgentState.user_id, QueueMember.queue_id == queue.row_id))
-        .where(_routable_clause(entry.channel_class, now, cfg))
+    """The best few members of the queue for this contact, best first, in one statement: presence,
+    capacity, rest, language, exclusions and the skill requirement at the contact's bullseye level are
+    checked in SQL, and the rows are ordered by the policy's own key (sticky, level, proficiency on the
+    queue's skills, fewest skills, least occupied, longest idle, id). Their skills are read next, and the
+    policy re-ranks them: SQL narrows, the policy decides."""
+    rule = queue.rule
+    sticky = entry.sticky_agent_id if entry.sticky_until is not None and entry.sticky_until > now else None
+    reached = rule.level_at((now - entry.waiting_since).total_seconds())
+    proficiency: dict[int, Any] = {}
+    query = select(AgentState.user_id).join(
+        QueueMember, and_(QueueMember.user_id == AgentState.user_id, QueueMember.queue_id == queue.row_id)
     )
-    if queue.rule.language is not None:
+    for need in rule.skills:
+        held = aliased(AgentSkill)
+        query = query.outerjoin(held, and_(held.user_id == AgentState.user_id, held.skill_id == need.skill_id))
+        proficiency[need.skill_id] = func.coalesce(held.proficiency, 0)
+    whens = []
+    for level, needs in enumerate(rule.levels):
+        met = (
+            and_(true(), *(proficiency[n.skill_id] >= n.min_proficiency for n in needs))
+            if needs is not None
+            else true()
+        )
+        whens.append((met, level))
+    level_sql = case(*whens, else_=None) if whens else literal(0)
+    skill_count = (
+        select(func.count()).select_from(AgentSkill).where(AgentSkill.user_id == AgentState.user_id).scalar_subquery()
+    )
+    query = query.where(_routable_clause(entry.channel_class, now, cfg), level_sql.is_not(None))
+    # A reserved (sticky) contact: only the customer's agent, at any level.
+    query = query.where(AgentState.user_id == sticky if sticky is not None else level_sql <= reached)
+    if rule.language is not None:
         query = query.where(
             select(AgentLanguage.user_id)
-            .where(AgentLanguage.user_id == AgentState.user_id, AgentLanguage.language == queue.rule.language)
+            .where(AgentLanguage.user_id == AgentState.user_id, AgentLanguage.language == rule.language)
             .exists()
         )
-    sticky = entry.sticky_agent_id if entry.sticky_until is not None and entry.sticky_until > now else None
-    if sticky is not None:
-        query = query.where(AgentState.user_id == sticky)
     excluded = list(entry.excluded_agents or ())
     if excluded:
         query = query.where(AgentState.user_id.not_in(excluded))
-    states = list((await db.scalars(query)).all())
-    if not states:
+    total = sum(proficiency.values(), literal(0)) if proficiency else literal(0)
+    query = query.order_by(
+        level_sql, total.desc(), skill_count, _occupancy_sql(db), AgentState.idle_since, AgentState.user_id
+    ).limit(AGENTS_PER_DECISION)
+    ids = list((await db.scalars(query)).all())
+    if not ids:
         return []
-    ids = [s.user_id for s in states]
+    states = {s.user_id: s for s in (await db.scalars(select(AgentState).where(AgentState.user_id.in_(ids)))).all()}
     skills = await _skills_of(db, ids)
-    languages = frozenset([queue.rule.language]) if queue.rule.language is not None else frozenset()
+    languages = frozenset([rule.language]) if rule.language is not None else frozenset()
     member_of = frozenset([queue.row_id])
-    return [_agent_view(s, skills[s.user_id], languages, member_of) for s in states]
+    return [_agent_view(states[i], skills[i], languages, member_of) for i in ids if i in states]
 
 
 async def route_contact(
