@@ -379,3 +379,23 @@ async def test_among_equals_the_longest_idle_agent_gets_the_contact(app, make) -
     await end(app, a, t.advance(10))  # ... first only from now
     c = await contact(app, queue, t.advance(1))
     assert await offered_to(app, c) == second.id
+
+
+async def test_a_claim_on_an_agent_who_just_left_changes_nothing(app, make) -> None:
+    """The agent went on a break between the candidate query and the claim: the entry's compare-and-set
+    succeeded, the agent's failed, so the entry is given back and no offer exists."""
+    t = clock()
+    queue = await make_queue(app)
+    agent = await make_agent(app, make, queues=(queue.id,))
+    call = await contact(app, queue, t.advance(1))  # nobody available: waits
+    await set_presence(app, agent, "break", t.advance(1), reason="meal")
+    async with app.state.session_factory() as db, db.begin():
+        found = await db.get(RoutingEntry, call)
+        info = (await routing.load_queues(db, [queue.id]))[queue.id]
+        made = await routing._claim(db, found, info, agent.id, 0, False, t.now, routing.config())
+        assert made is None
+    found = await entry(app, call)
+    assert found.state == "waiting" and found.offer_agent_id is None and found.offers_made == 0
+    async with app.state.session_factory() as db:
+        assert await db.scalar(select(func.count()).select_from(Offer).where(Offer.interaction_id == call)) == 0
+    assert (await state_of(app, agent)).load_voice == 0

@@ -32,6 +32,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    insert,
     literal,
     null,
     or_,
@@ -468,7 +469,8 @@ async def set_presence(
             return state  # already taking contacts
         # Back from a break with contacts still open (a chat kept during the break): on contact.
         target = Presence.on_contact if load > 0 else Presence.available
-        _apply_capacity(state, await _resolved_capacity(db, user_id))
+        # Capacity is copied when the row is made and whenever a profile or a team changes
+        # (refresh_capacity), not here: becoming available is on the hot path.
         state.missed_offers = 0
     elif state.presence == presence and state.reason == reason:
         return state
@@ -493,7 +495,7 @@ async def _holds_contacts(db: AsyncSession, user_id: int) -> bool:
 class EnqueueResult:
     entry: RoutingEntry
     created: bool
-    offer: Offer | None = None
+    offer: OfferMade | None = None
     action: str | None = None  # a closed queue's action, taken at once
 
 
@@ -677,7 +679,7 @@ async def _candidate_agents(
 
 async def route_contact(
     db: AsyncSession, interaction_id: int, *, now: datetime | None = None, cfg: RoutingConfig | None = None
-) -> Offer | None:
+) -> OfferMade | None:
     """Offer a waiting contact to the best agent who can take it now; None if nobody can (its next review
     moment is then set so the sweep comes back to it)."""
     now = now or utcnow()
@@ -739,6 +741,115 @@ def _unlocked(db: AsyncSession, key: Any, value: int) -> Any:
     return query
 
 
+@dataclass(frozen=True)
+class OfferMade:
+    """An offer just made (the row is in routing_offers; the lease is on the entry)."""
+
+    id: int
+    interaction_id: int
+    queue_id: int
+    agent_id: int
+    offered_at: datetime
+    expires_at: datetime
+    level: int
+    sticky: bool
+
+
+def _offer_values(
+    entry: RoutingEntry, agent_id: int, now: datetime, expires: datetime, level: int, sticky: bool
+) -> dict[str, Any]:
+    return {
+        "interaction_id": entry.interaction_id,
+        "queue_id": entry.queue_id,
+        "agent_id": agent_id,
+        "offered_at": now,
+        "expires_at": expires,
+        "level": level,
+        "sticky": sticky,
+    }
+
+
+def _entry_taken(db: AsyncSession, entry: RoutingEntry, agent_id: int, expires: datetime) -> Any:
+    """The compare-and-set on the entry: still waiting, same version, nobody else holding it."""
+    table = RoutingEntry.__table__
+    return (
+        update(table)
+        .where(
+            table.c.interaction_id.in_(_unlocked(db, table.c.interaction_id, entry.interaction_id)),
+            table.c.state == EntryState.waiting,
+            table.c.version == entry.version,
+        )
+        .values(
+            state=EntryState.offered,
+            offer_agent_id=agent_id,
+            offer_expires_at=expires,
+            offers_made=table.c.offers_made + 1,
+            review_at=None,
+            version=table.c.version + 1,
+        )
+    )
+
+
+def _agent_reserved(db: AsyncSession, cls: str, agent_id: int, now: datetime, cfg: RoutingConfig) -> Any:
+    """The compare-and-set on the agent: still present, rested, with capacity, nobody else holding them."""
+    table = AgentState.__table__
+    load = table.c[LOAD_COLUMNS[cls]]
+    return (
+        update(table)
+        .where(table.c.user_id.in_(_unlocked(db, table.c.user_id, agent_id)), _routable_clause(cls, now, cfg))
+        .values({load: load + 1, table.c.version: table.c.version + 1})
+    )
+
+
+async def _claim_in_one_statement(
+    db: AsyncSession, entry: RoutingEntry, agent_id: int, values: dict[str, Any], now: datetime, cfg: RoutingConfig
+) -> tuple[bool, int | None]:
+    """PostgreSQL: both compare-and-sets and the offer row in one round trip (data-modifying CTEs; each
+    step runs only if the one before it returned its row). Returns (entry taken, offer id)."""
+    taken = (
+        _entry_taken(db, entry, agent_id, values["expires_at"])
+        .returning(RoutingEntry.__table__.c.interaction_id)
+        .cte("taken")
+    )
+    reserve = _agent_reserved(db, entry.channel_class, agent_id, now, cfg)
+    reserved = (
+        reserve.where(select(taken.c.interaction_id).exists()).returning(AgentState.__table__.c.user_id).cte("reserved")
+    )
+    offers = Offer.__table__
+    columns = list(values)
+    made = (
+        insert(offers)
+        .from_select(
+            columns,
+            select(*(literal(values[c], offers.c[c].type) if c != "agent_id" else reserved.c.user_id for c in columns)),
+        )
+        .returning(offers.c.id)
+        .cte("made")
+    )
+    row = (
+        await db.execute(
+            select(
+                select(func.count()).select_from(taken).scalar_subquery(),
+                select(made.c.id).scalar_subquery(),
+            )
+        )
+    ).one()
+    return bool(row[0]), row[1]
+
+
+async def _claim_step_by_step(
+    db: AsyncSession, entry: RoutingEntry, agent_id: int, values: dict[str, Any], now: datetime, cfg: RoutingConfig
+) -> tuple[bool, int | None]:
+    """SQLite (one writer at a time): the same steps as separate statements."""
+    taken = await db.execute(_entry_taken(db, entry, agent_id, values["expires_at"]))
+    if taken.rowcount != 1:
+        return False, None
+    reserved = await db.execute(_agent_reserved(db, entry.channel_class, agent_id, now, cfg))
+    if reserved.rowcount != 1:
+        return True, None
+    return True, await db.scalar(insert(Offer.__table__).values(values).returning(Offer.__table__.c.id))
+
+
 async def _claim(
     db: AsyncSession,
     entry: RoutingEntry,
@@ -748,42 +859,18 @@ async def _claim(
     sticky: bool,
     now: datetime,
     cfg: RoutingConfig,
-) -> Offer | None:
+) -> OfferMade | None:
     """Offer ``entry`` to ``agent_id``: both compare-and-set updates succeed, or nothing is changed."""
     from kefu.interactions import service as interactions
 
     expires = now + timedelta(seconds=queue.offer_timeout_seconds)
-    taken = await db.execute(
-        update(RoutingEntry)
-        .where(
-            RoutingEntry.interaction_id.in_(_unlocked(db, RoutingEntry.interaction_id, entry.interaction_id)),
-            RoutingEntry.state == EntryState.waiting,
-            RoutingEntry.version == entry.version,
-        )
-        .values(
-            state=EntryState.offered,
-            offer_agent_id=agent_id,
-            offer_expires_at=expires,
-            offers_made=RoutingEntry.offers_made + 1,
-            review_at=None,
-            version=RoutingEntry.version + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if taken.rowcount != 1:
+    values = _offer_values(entry, agent_id, now, expires, level, sticky)
+    claim = _claim_in_one_statement if db.bind.dialect.name == "postgresql" else _claim_step_by_step
+    taken, offer_id = await claim(db, entry, agent_id, values, now, cfg)
+    if not taken:
         await db.refresh(entry)
         return None
-    load = getattr(AgentState, LOAD_COLUMNS[entry.channel_class])
-    reserved = await db.execute(
-        update(AgentState)
-        .where(
-            AgentState.user_id.in_(_unlocked(db, AgentState.user_id, agent_id)),
-            _routable_clause(entry.channel_class, now, cfg),
-        )
-        .values({load: load + 1, AgentState.version: AgentState.version + 1})
-        .execution_options(synchronize_session=False)
-    )
-    if reserved.rowcount != 1:
+    if offer_id is None:
         # The agent changed meanwhile: give the entry back (we hold its row lock) and try someone else.
         await db.execute(
             update(RoutingEntry)
@@ -799,17 +886,7 @@ async def _claim(
         )
         await db.refresh(entry)
         return None
-    offer = Offer(
-        interaction_id=entry.interaction_id,
-        queue_id=entry.queue_id,
-        agent_id=agent_id,
-        offered_at=now,
-        expires_at=expires,
-        level=level,
-        sticky=sticky,
-    )
-    db.add(offer)
-    await db.flush()
+    offer = OfferMade(id=offer_id, **values)
     # The UPDATE above changed the row behind the session's back: record its new values as loaded
     # (without marking them dirty) instead of reading the row again.
     for name, value in (
@@ -921,11 +998,11 @@ def _can_take_more(agent: policy.AgentView, queues: dict[int, QueueInfo], cfg: R
 
 async def route_agent(
     db: AsyncSession, user_id: int, *, now: datetime | None = None, cfg: RoutingConfig | None = None
-) -> list[Offer]:
+) -> list[OfferMade]:
     """Offer an agent who has capacity the best waiting contacts, until they are full or none is left."""
     now = now or utcnow()
     cfg = cfg or _config
-    offers: list[Offer] = []
+    offers: list[OfferMade] = []
     skip: set[int] = set()
     state = await db.get(AgentState, user_id, populate_existing=True)
     if state is None or state.presence not in policy.ROUTABLE:
@@ -1296,14 +1373,14 @@ async def sweep_in_steps(factory: Any, *, now: datetime | None = None, batch: in
     """The sweep with one short transaction per item, as every app process runs it: an item never waits
     behind another's locks while holding its own, so concurrent sweeps cannot deadlock, and a failure
     (a lost race) costs one item, which the next round picks up."""
-    now = now or utcnow()
     async with factory() as db, db.begin():
-        items = await _due_items(db, now, batch)
+        items = await _due_items(db, now or utcnow(), batch)
     result = SweepResult()
     for kind, item_id in items:
         try:
             async with factory() as db, db.begin():
-                result.add(await sweep_item(db, kind, item_id, now))
+                # The clock read per item: a long pass must not hand out leases that are already old.
+                result.add(await sweep_item(db, kind, item_id, now or utcnow()))
         except Conflict:
             log.info("routing sweep item lost a race", extra={"kind": kind, "id": item_id})
     return result
@@ -1471,7 +1548,7 @@ async def set_memberships(
     return sorted((await db.scalars(select(QueueMember.queue_id).where(QueueMember.user_id == user_id))).all())
 
 
-async def agent_changed(db: AsyncSession, user_id: int, *, now: datetime | None = None) -> list[Offer]:
+async def agent_changed(db: AsyncSession, user_id: int, *, now: datetime | None = None) -> list[OfferMade]:
     """Skills, languages or queues of an agent changed: routing runs again for them."""
     return await route_agent(db, user_id, now=now)
 
