@@ -34,6 +34,7 @@ from kefu.knowledge.board_pages import router as kb_board_pages_router
 from kefu.knowledge.feedback_api import router as kb_feedback_router
 from kefu.knowledge.index import KnowledgeIndex
 from kefu.knowledge.pages import router as knowledge_pages_router
+from kefu.routing import admin_pages as routing_admin_pages
 from kefu.routing import api as routing_api
 from kefu.routing import pages as routing_pages
 from kefu.routing import service as routing_service
@@ -131,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(knowledge_pages_router)
     app.include_router(kb_board_pages_router)
     # customers_pages first: its /customers/new must win over the desk's /customers/{customer_id}.
-    for service_desk_pages in (customers_pages, tickets_pages, desk_pages, routing_pages):
+    for service_desk_pages in (customers_pages, tickets_pages, desk_pages, routing_pages, routing_admin_pages):
         app.include_router(service_desk_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -102,3 +102,34 @@ EXAMPLES = {
 }
 
 PER_CELL = {("GET", R + "/agents/{user_id}/state-changes"): _own_history}
+
+# Configuration pages (kefu.routing.admin_pages): forms posted like a browser does.
+EXAMPLES.update(
+    {
+        ("GET", "/routing/queues"): lambda c: {},
+        ("GET", "/routing/queues/new"): lambda c: {},
+        ("POST", "/routing/queues"): lambda c: {"data": {"code": _code(), "name": "页面队列", "channel": "chat"}},
+        ("GET", "/routing/queues/{queue_id}"): lambda c: {"path": {"queue_id": c.ids["routing_queue_id"]}},
+        ("POST", "/routing/queues/{queue_id}"): lambda c: {
+            "path": {"queue_id": c.ids["routing_queue_id"]},
+            "data": {"name": "矩阵队列页面改", "sl_threshold_seconds": "25"},
+        },
+        ("POST", "/routing/queues/{queue_id}/members/add"): lambda c: {
+            "path": {"queue_id": c.ids["routing_queue2_id"]},
+            "data": {"user_ids[]": str(c.ids["routing_agent_id"])},
+        },
+        ("POST", "/routing/queues/{queue_id}/members/remove"): lambda c: {
+            "path": {"queue_id": c.ids["routing_queue2_id"]},
+            "data": {"user_ids[]": str(c.ids["routing_agent_id"])},
+        },
+        ("GET", "/routing/capacity"): lambda c: {},
+        ("POST", "/routing/capacity"): lambda c: {"data": {"name": _code(), "chat": "2"}},
+        ("POST", "/routing/capacity/{profile_id}"): lambda c: {
+            "path": {"profile_id": c.ids["routing_profile_id"]},
+            "data": {"email": "4"},
+        },
+        ("POST", "/routing/capacity/assignments"): lambda c: {
+            "data": {"team_id": str(c.team_id), "profile_id": str(c.ids["routing_profile_id"])}
+        },
+    }
+)

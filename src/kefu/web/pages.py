@@ -68,6 +68,7 @@ NAV = (
     ("/", "Home", "dashboard", "read"),
     ("/desk", "Desk", "desk", "read"),
     ("/routing/live", "Live view", "routing_live", "read"),  # supervisors and admins
+    ("/routing/queues", "Queues", "routing_queue", "update"),  # routing configuration: supervisors and admins
     ("/work-orders", "Work orders", "work_order", "list"),
     ("/customers", "Customers", "customer", "list"),
     ("/kb", "Knowledge", "article", "create"),  # the staff knowledge desk (customers get the help centre)
