@@ -392,8 +392,8 @@ async def test_a_claim_on_an_agent_who_just_left_changes_nothing(app, make) -> N
     async with app.state.session_factory() as db, db.begin():
         found = await db.get(RoutingEntry, call)
         info = (await routing.load_queues(db, [queue.id]))[queue.id]
-        made = await routing._claim(db, found, info, agent.id, 0, False, t.now, routing.config())
-        assert made is None
+        made, still_waiting = await routing._claim(db, found, info, agent.id, 0, False, t.now, routing.config())
+        assert made is None and still_waiting
     found = await entry(app, call)
     assert found.state == "waiting" and found.offer_agent_id is None and found.offers_made == 0
     async with app.state.session_factory() as db:

@@ -81,7 +81,8 @@ SUPERVISOR_ROLES = ("supervisor", "admin")
 
 # How many waiting contacts per queue an agent's decision looks at (more are read only if every one of
 # these is excluded for the agent, which takes an agent who declined that many).
-CONTACTS_PER_QUEUE = 20
+CONTACTS_PER_QUEUE = 4
+MAX_CONTACTS_PER_QUEUE = 1024
 SWEEP_BATCH = 200
 
 
@@ -253,7 +254,7 @@ def load_of(state: AgentState) -> dict[str, int]:
 
 
 def _agent_view(
-    state: AgentState, skills: dict[int, int], languages: frozenset[str], queues: frozenset[int]
+    state: AgentState | Any, skills: dict[int, int], languages: frozenset[str], queues: frozenset[int]
 ) -> policy.AgentView:
     return policy.AgentView(
         id=state.user_id,
@@ -575,6 +576,8 @@ async def enqueue(
             result.action = await _take_action(db, entry, queue, queue.closed_action, now, why="closed")
             return result
     if route:
+        # Routing writes the row with Core statements: keep no ORM copy that would go stale.
+        db.expunge(entry)
         result.offer = await route_contact(db, interaction_id, now=now)
     return result
 
@@ -591,7 +594,41 @@ def _entry_event(db: AsyncSession, entry: RoutingEntry, what: str, **extra: Any)
 
 
 # --- the decisions -----------------------------------------------------------------------------------
-def contact_view(entry: RoutingEntry) -> policy.ContactView:
+@dataclass(slots=True)
+class EntryRow:
+    """The columns of a routing entry the decisions read, as plain values: the hot paths read entries with
+    Core statements (an ORM identity map per entry costs more than the rest of a decision)."""
+
+    interaction_id: int
+    queue_id: int
+    channel_class: str
+    state: str
+    priority: int
+    waiting_since: datetime
+    queue_entered_at: datetime
+    sticky_agent_id: int | None
+    sticky_until: datetime | None
+    excluded_agents: list[int]
+    version: int
+    offers_made: int
+    review_at: datetime | None
+
+
+ENTRY_COLUMNS = tuple(RoutingEntry.__table__.c[name] for name in EntryRow.__slots__)  # type: ignore[attr-defined]
+AGENT_COLUMNS = tuple(AgentState.__table__.c)
+
+
+def _entry_rows(rows: Any) -> list[EntryRow]:
+    return [EntryRow(*row) for row in rows]
+
+
+async def _entry_row(db: AsyncSession, interaction_id: int) -> EntryRow | None:
+    rows = await db.execute(select(*ENTRY_COLUMNS).where(RoutingEntry.interaction_id == interaction_id))
+    found = _entry_rows(rows)
+    return found[0] if found else None
+
+
+def contact_view(entry: RoutingEntry | EntryRow) -> policy.ContactView:
     return policy.ContactView(
         id=entry.interaction_id,
         queue_id=entry.queue_id,
@@ -621,7 +658,7 @@ def _occupancy_sql(db: AsyncSession) -> Any:
 
 
 async def _candidate_agents(
-    db: AsyncSession, entry: RoutingEntry, queue: QueueInfo, now: datetime, cfg: RoutingConfig
+    db: AsyncSession, entry: RoutingEntry | EntryRow, queue: QueueInfo, now: datetime, cfg: RoutingConfig
 ) -> list[policy.AgentView]:
     """The best few members of the queue for this contact, best first, in one statement: presence,
     capacity, rest, language, exclusions and the skill requirement at the contact's bullseye level are
@@ -670,7 +707,8 @@ async def _candidate_agents(
     ids = list((await db.scalars(query)).all())
     if not ids:
         return []
-    states = {s.user_id: s for s in (await db.scalars(select(AgentState).where(AgentState.user_id.in_(ids)))).all()}
+    rows = await db.execute(select(*AGENT_COLUMNS).where(AgentState.user_id.in_(ids)))
+    states = {row.user_id: row for row in rows}
     skills = await _skills_of(db, ids)
     languages = frozenset([rule.language]) if rule.language is not None else frozenset()
     member_of = frozenset([queue.row_id])
@@ -684,7 +722,7 @@ async def route_contact(
     moment is then set so the sweep comes back to it)."""
     now = now or utcnow()
     cfg = cfg or _config
-    entry = await db.get(RoutingEntry, interaction_id, populate_existing=True)
+    entry = await _entry_row(db, interaction_id)
     if entry is None or entry.state != EntryState.waiting:
         return None
     queue = (await load_queues(db, [entry.queue_id]))[entry.queue_id]
@@ -692,15 +730,25 @@ async def route_contact(
     agents = await _candidate_agents(db, entry, queue, now, cfg)
     for agent in policy.rank_agents(contact, queue.rule, agents, cfg.rest, now.timestamp()):
         level = queue.rule.first_level(agent.skills) or 0
-        offer = await _claim(
-            db, entry, queue, agent.id, level, contact.sticky_for(now.timestamp()) == agent.id, now, cfg
-        )
+        sticky = contact.sticky_for(now.timestamp()) == agent.id
+        offer, still_waiting = await _claim(db, entry, queue, agent.id, level, sticky, now, cfg)
         if offer is not None:
             return offer
-        if entry.state != EntryState.waiting:
+        if not still_waiting:
             return None  # another process took the contact
-    _set_review(entry, queue, now)
-    await db.flush()
+    moment = _review_moment(entry, queue, now)
+    if moment != entry.review_at:
+        # Skipped if someone else holds the row: they are deciding about this contact right now.
+        await db.execute(
+            update(RoutingEntry)
+            .where(
+                RoutingEntry.interaction_id.in_(_unlocked(db, RoutingEntry.interaction_id, interaction_id)),
+                RoutingEntry.state == EntryState.waiting,
+                RoutingEntry.version == entry.version,
+            )
+            .values(review_at=moment)
+            .execution_options(synchronize_session=False)
+        )
     return None
 
 
@@ -711,7 +759,7 @@ async def route_contact(
 SECOND_LOOK = timedelta(seconds=2)
 
 
-def _review_moment(entry: RoutingEntry, queue: QueueInfo, now: datetime) -> datetime | None:
+def _review_moment(entry: RoutingEntry | EntryRow, queue: QueueInfo, now: datetime) -> datetime | None:
     later = []
     if now < entry.queue_entered_at + SECOND_LOOK:
         later.append((entry.queue_entered_at + SECOND_LOOK).timestamp())
@@ -720,12 +768,6 @@ def _review_moment(entry: RoutingEntry, queue: QueueInfo, now: datetime) -> date
     if queue.max_wait_seconds is not None and queue.max_wait_action != MaxWaitAction.keep:
         later.append((entry.waiting_since + timedelta(seconds=queue.max_wait_seconds)).timestamp())
     return _dt(policy.next_review_at(contact_view(entry), queue.rule, now.timestamp(), *later))
-
-
-def _set_review(entry: RoutingEntry, queue: QueueInfo, now: datetime) -> None:
-    moment = _review_moment(entry, queue, now)
-    if moment != entry.review_at:
-        entry.review_at = moment
 
 
 def _unlocked(db: AsyncSession, key: Any, value: int) -> Any:
@@ -756,7 +798,7 @@ class OfferMade:
 
 
 def _offer_values(
-    entry: RoutingEntry, agent_id: int, now: datetime, expires: datetime, level: int, sticky: bool
+    entry: RoutingEntry | EntryRow, agent_id: int, now: datetime, expires: datetime, level: int, sticky: bool
 ) -> dict[str, Any]:
     return {
         "interaction_id": entry.interaction_id,
@@ -769,7 +811,7 @@ def _offer_values(
     }
 
 
-def _entry_taken(db: AsyncSession, entry: RoutingEntry, agent_id: int, expires: datetime) -> Any:
+def _entry_taken(db: AsyncSession, entry: RoutingEntry | EntryRow, agent_id: int, expires: datetime) -> Any:
     """The compare-and-set on the entry: still waiting, same version, nobody else holding it."""
     table = RoutingEntry.__table__
     return (
@@ -802,7 +844,12 @@ def _agent_reserved(db: AsyncSession, cls: str, agent_id: int, now: datetime, cf
 
 
 async def _claim_in_one_statement(
-    db: AsyncSession, entry: RoutingEntry, agent_id: int, values: dict[str, Any], now: datetime, cfg: RoutingConfig
+    db: AsyncSession,
+    entry: RoutingEntry | EntryRow,
+    agent_id: int,
+    values: dict[str, Any],
+    now: datetime,
+    cfg: RoutingConfig,
 ) -> tuple[bool, int | None]:
     """PostgreSQL: both compare-and-sets and the offer row in one round trip (data-modifying CTEs; each
     step runs only if the one before it returned its row). Returns (entry taken, offer id)."""
@@ -838,7 +885,12 @@ async def _claim_in_one_statement(
 
 
 async def _claim_step_by_step(
-    db: AsyncSession, entry: RoutingEntry, agent_id: int, values: dict[str, Any], now: datetime, cfg: RoutingConfig
+    db: AsyncSession,
+    entry: RoutingEntry | EntryRow,
+    agent_id: int,
+    values: dict[str, Any],
+    now: datetime,
+    cfg: RoutingConfig,
 ) -> tuple[bool, int | None]:
     """SQLite (one writer at a time): the same steps as separate statements."""
     taken = await db.execute(_entry_taken(db, entry, agent_id, values["expires_at"]))
@@ -852,15 +904,16 @@ async def _claim_step_by_step(
 
 async def _claim(
     db: AsyncSession,
-    entry: RoutingEntry,
+    entry: RoutingEntry | EntryRow,
     queue: QueueInfo,
     agent_id: int,
     level: int,
     sticky: bool,
     now: datetime,
     cfg: RoutingConfig,
-) -> OfferMade | None:
-    """Offer ``entry`` to ``agent_id``: both compare-and-set updates succeed, or nothing is changed."""
+) -> tuple[OfferMade | None, bool]:
+    """Offer ``entry`` to ``agent_id``: both compare-and-set updates succeed, or nothing is changed.
+    Returns the offer (or None) and whether the contact is still waiting for someone else to be tried."""
     from kefu.interactions import service as interactions
 
     expires = now + timedelta(seconds=queue.offer_timeout_seconds)
@@ -868,8 +921,7 @@ async def _claim(
     claim = _claim_in_one_statement if db.bind.dialect.name == "postgresql" else _claim_step_by_step
     taken, offer_id = await claim(db, entry, agent_id, values, now, cfg)
     if not taken:
-        await db.refresh(entry)
-        return None
+        return None, False
     if offer_id is None:
         # The agent changed meanwhile: give the entry back (we hold its row lock) and try someone else.
         await db.execute(
@@ -884,20 +936,18 @@ async def _claim(
             )
             .execution_options(synchronize_session=False)
         )
-        await db.refresh(entry)
-        return None
+        _seen(entry, version=entry.version + 2)
+        return None, True
     offer = OfferMade(id=offer_id, **values)
-    # The UPDATE above changed the row behind the session's back: record its new values as loaded
-    # (without marking them dirty) instead of reading the row again.
-    for name, value in (
-        ("state", EntryState.offered),
-        ("offer_agent_id", agent_id),
-        ("offer_expires_at", expires),
-        ("offers_made", entry.offers_made + 1),
-        ("review_at", None),
-        ("version", entry.version + 1),
-    ):
-        set_committed_value(entry, name, value)
+    _seen(
+        entry,
+        state=EntryState.offered,
+        offer_agent_id=agent_id,
+        offer_expires_at=expires,
+        offers_made=entry.offers_made + 1,
+        review_at=None,
+        version=entry.version + 1,
+    )
     await interactions.routing_stamp(db, entry.interaction_id, "offered", now)
     publish_on_commit(
         db,
@@ -914,10 +964,22 @@ async def _claim(
             user_ids=(agent_id,),
         ),
     )
-    return offer
+    return offer, True
 
 
-async def _agent_view_of(db: AsyncSession, state: AgentState) -> policy.AgentView:
+def _seen(entry: RoutingEntry | EntryRow, **values: Any) -> None:
+    """Record what a Core UPDATE just wrote to the entry's row. On an ORM entry the values are set as
+    loaded (not dirty, so no second UPDATE); on a plain row, only the fields it has."""
+    if isinstance(entry, RoutingEntry):
+        for name, value in values.items():
+            set_committed_value(entry, name, value)
+        return
+    for name, value in values.items():
+        if hasattr(entry, name):
+            setattr(entry, name, value)
+
+
+async def _agent_view_of(db: AsyncSession, state: AgentState | Any) -> policy.AgentView:
     """The agent as policy sees them: skills, languages and queues read in one statement."""
     uid = state.user_id
     text_null = cast(null(), String)
@@ -948,7 +1010,8 @@ async def _waiting_for(
     now: datetime,
     cfg: RoutingConfig,
     skip: set[int],
-) -> list[RoutingEntry]:
+    depth: int = 0,
+) -> list[EntryRow]:
     """The waiting contacts the agent could take: per queue they serve, the head of the queue among
     those that have waited long enough for the agent's bullseye level, plus any reserved for them. One
     statement: a UNION ALL of one index range scan per queue."""
@@ -971,7 +1034,7 @@ async def _waiting_for(
                 or_(RoutingEntry.sticky_until.is_(None), RoutingEntry.sticky_until <= now),
             )
             .order_by(RoutingEntry.priority_order, RoutingEntry.waiting_since)
-            .limit(CONTACTS_PER_QUEUE + len(skip))
+            .limit((depth or CONTACTS_PER_QUEUE) + len(skip))
             .subquery()
         )
     if not heads:
@@ -982,10 +1045,10 @@ async def _waiting_for(
         RoutingEntry.sticky_until > now,
     )
     candidates = union_all(*(select(head.c.interaction_id) for head in heads), reserved).subquery()
-    query = select(RoutingEntry).where(RoutingEntry.interaction_id.in_(select(candidates.c.interaction_id)))
+    query = select(*ENTRY_COLUMNS).where(RoutingEntry.interaction_id.in_(select(candidates.c.interaction_id)))
     if skip:
         query = query.where(RoutingEntry.interaction_id.not_in(sorted(skip)))
-    return list((await db.scalars(query.execution_options(populate_existing=True))).all())
+    return _entry_rows(await db.execute(query))
 
 
 def _can_take_more(agent: policy.AgentView, queues: dict[int, QueueInfo], cfg: RoutingConfig, now: datetime) -> bool:
@@ -996,6 +1059,10 @@ def _can_take_more(agent: policy.AgentView, queues: dict[int, QueueInfo], cfg: R
     )
 
 
+async def _agent_row(db: AsyncSession, user_id: int) -> Any:
+    return (await db.execute(select(*AGENT_COLUMNS).where(AgentState.user_id == user_id))).first()
+
+
 async def route_agent(
     db: AsyncSession, user_id: int, *, now: datetime | None = None, cfg: RoutingConfig | None = None
 ) -> list[OfferMade]:
@@ -1004,32 +1071,37 @@ async def route_agent(
     cfg = cfg or _config
     offers: list[OfferMade] = []
     skip: set[int] = set()
-    state = await db.get(AgentState, user_id, populate_existing=True)
+    state = await _agent_row(db, user_id)
     if state is None or state.presence not in policy.ROUTABLE:
         return offers
     agent = await _agent_view_of(db, state)
     queues = await load_queues(db, agent.queues)
     rules = {q: i.rule for q, i in queues.items()}
+    depth = CONTACTS_PER_QUEUE
     while _can_take_more(agent, queues, cfg, now):
-        entries = await _waiting_for(db, agent, queues, now, cfg, skip)
-        by_id = {e.interaction_id: e for e in entries}
+        entries = await _waiting_for(db, agent, queues, now, cfg, skip, depth)
         ranked = policy.rank_contacts(agent, [contact_view(e) for e in entries], rules, cfg.rest, now.timestamp())
         if not ranked:
+            if any(user_id in e.excluded_agents for e in entries) and depth < MAX_CONTACTS_PER_QUEUE:
+                # The heads of a queue were all declined by this agent: look deeper before giving up.
+                depth *= 4
+                continue
             return offers
+        by_id = {e.interaction_id: e for e in entries}
         claimed = None
         for contact in ranked:
             entry = by_id[contact.id]
             queue = queues[entry.queue_id]
             level = queue.rule.first_level(agent.skills) or 0
             sticky = contact.sticky_for(now.timestamp()) == user_id
-            claimed = await _claim(db, entry, queue, user_id, level, sticky, now, cfg)
+            claimed, _still_waiting = await _claim(db, entry, queue, user_id, level, sticky, now, cfg)
             skip.add(contact.id)
             if claimed is not None:
                 agent.load[entry.channel_class] = agent.load.get(entry.channel_class, 0) + 1
                 offers.append(claimed)
                 break
             # Lost: the contact went to someone else, or the agent changed (left, filled up) meanwhile.
-            state = await db.get(AgentState, user_id, populate_existing=True)
+            state = await _agent_row(db, user_id)
             if state is None or state.presence not in policy.ROUTABLE:
                 return offers
             agent.presence, agent.load = state.presence, load_of(state)
