@@ -10,13 +10,14 @@ service (``set_presence`` to a break). The 10,000 waiting contacts are bulk-inse
 queues (interactions and routing entries, waits spread over the last ten minutes, priorities 0-2); they
 stay in the database for both measurements.
 
-(a) ``agent_free``: a backlog agent comes back from the break (``set_presence`` available, which runs
-    ``route_agent``): the agent chooses the best of the 10,000 waiting and is offered it. One decision =
-    one such transaction (presence change + decision + offer + commit).
-(b) ``contact_arrives``: arrival agents are all available (many idle); a new contact is created and
-    enqueued (``create_interaction`` + ``enqueue``, which runs ``route_contact`` over the queue's members):
-    one decision = that transaction. Each decision takes one agent, so the idle pool shrinks from half
-    the agents to half minus ``decisions``.
+(a) ``agent_free``: backlog agents come back from their break (``set_presence`` available, with routing
+    held back: not timed); then one decision = one transaction running ``route_agent`` for one of them:
+    the best of the 10,000 waiting is chosen and claimed, the offer written, the transaction committed.
+(b) ``contact_arrives``: arrival agents are all available (many idle); contacts are recorded first (the
+    channel's ``create_interaction``: not timed); then one decision = one transaction running ``enqueue``
+    (the routing entry, then ``route_contact`` over the queue's members, the claim and the offer) and the
+    commit. Each decision takes one agent, so the idle pool shrinks from half the agents to half minus
+    ``decisions``.
 
 Latency is measured per transaction (wall clock, commit included) and, inside it, for the routing call
 alone. With ``--concurrency N`` (PostgreSQL), N tasks in this one process run decisions at once, each with
@@ -205,34 +206,38 @@ async def _run_tasks(jobs: list[Any], concurrency: int) -> None:
 
 
 async def _agent_free(factory: Any, counter: StatementCounter, agents: list[int], concurrency: int) -> dict[str, Any]:
+    """The agents come back from their break first (with routing held back, untimed); then each decision
+    is one transaction: ``route_agent`` for one of them (the best of the 10,000 waiting) + commit."""
+    real_route_agent = routing.route_agent
+
+    async def hold_back(*_args: Any, **_kwargs: Any) -> list[Any]:
+        return []
+
+    routing.route_agent = hold_back  # type: ignore[assignment]
+    try:
+        for user_id in agents:
+            async with factory() as db, db.begin():
+                await routing.set_presence(db, _agent(user_id), user_id, "available")
+    finally:
+        routing.route_agent = real_route_agent  # type: ignore[assignment]
+
     latencies: list[float] = []
     routing_part: list[float] = []
     offers = 0
 
     async def one(user_id: int) -> None:
+        nonlocal offers
         started = time.perf_counter()
         async with factory() as db, db.begin():
-            await routing.set_presence(db, _agent(user_id), user_id, "available")
+            inner = time.perf_counter()
+            made = await routing.route_agent(db, user_id)
+            routing_part.append(time.perf_counter() - inner)
         latencies.append(time.perf_counter() - started)
-
-    # set_presence calls the module's route_agent: time that call inside the transaction.
-    real_route_agent = routing.route_agent
-
-    async def timed_route_agent(*args: Any, **kwargs: Any) -> Any:
-        nonlocal offers
-        inner = time.perf_counter()
-        made = await real_route_agent(*args, **kwargs)
-        routing_part.append(time.perf_counter() - inner)
         offers += len(made)
-        return made
 
-    routing.route_agent = timed_route_agent  # type: ignore[assignment]
     before = counter.count
     started = time.perf_counter()
-    try:
-        await _run_tasks([lambda u=u: one(u) for u in agents], concurrency)
-    finally:
-        routing.route_agent = real_route_agent  # type: ignore[assignment]
+    await _run_tasks([lambda u=u: one(u) for u in agents], concurrency)
     elapsed = time.perf_counter() - started
     result = _summary(latencies, routing_part, elapsed, counter.count - before)
     result["offers_made"] = offers
@@ -242,6 +247,15 @@ async def _agent_free(factory: Any, counter: StatementCounter, agents: list[int]
 async def _contact_arrives(
     factory: Any, counter: StatementCounter, queues: list[int], decisions: int, concurrency: int
 ) -> dict[str, Any]:
+    """The contacts are recorded first (untimed: that is the channel's work); then each decision is one
+    transaction: ``enqueue`` (the entry, then ``route_contact`` over the queue's members) + commit."""
+    contacts = []
+    for _ in range(decisions):
+        async with factory() as db, db.begin():
+            view, _ = await interactions.create_interaction(
+                db, SYSTEM, interactions.NewInteraction(channel="phone", arrived_at=utcnow() - timedelta(seconds=1))
+            )
+            contacts.append(view.interaction.id)
     latencies: list[float] = []
     routing_part: list[float] = []
     offers = 0
@@ -251,11 +265,8 @@ async def _contact_arrives(
         queue_id = queues[n % len(queues)]
         started = time.perf_counter()
         async with factory() as db, db.begin():
-            view, _ = await interactions.create_interaction(
-                db, SYSTEM, interactions.NewInteraction(channel="phone", arrived_at=utcnow() - timedelta(seconds=1))
-            )
             inner = time.perf_counter()
-            result = await routing.enqueue(db, view.interaction.id, queue_id, channel="phone", customer_id=None)
+            result = await routing.enqueue(db, contacts[n], queue_id, channel="phone", customer_id=None)
             routing_part.append(time.perf_counter() - inner)
         latencies.append(time.perf_counter() - started)
         offers += result.offer is not None

@@ -494,7 +494,7 @@ async def _holds_contacts(db: AsyncSession, user_id: int) -> bool:
 # --- enqueueing --------------------------------------------------------------------------------------
 @dataclass
 class EnqueueResult:
-    entry: RoutingEntry
+    entry: EntryRow
     created: bool
     offer: OfferMade | None = None
     action: str | None = None  # a closed queue's action, taken at once
@@ -527,7 +527,7 @@ async def enqueue(
     from kefu.interactions import service as interactions
 
     now = now or utcnow()
-    existing = await db.get(RoutingEntry, interaction_id)
+    existing = await _entry_row(db, interaction_id)
     if existing is not None:
         return EnqueueResult(existing, False)
     queues = await load_queues(db, [queue_id])
@@ -548,24 +548,26 @@ async def enqueue(
                 sticky_agent = None  # nobody to wait for
             else:
                 sticky_until = now + timedelta(seconds=queue.rule.sticky_seconds)
-    entry = RoutingEntry(
-        interaction_id=interaction_id,
-        queue_id=queue_id,
-        channel_class=cls,
-        state=EntryState.waiting,
-        priority=priority,
-        priority_order=-(queue.rule.priority + priority),
-        customer_id=customer_id,
-        entered_at=now,
-        waiting_since=now,
-        queue_entered_at=now,
-        sticky_agent_id=sticky_agent,
-        sticky_until=sticky_until,
-        excluded_agents=[],
-        review_at=now,
-    )
-    db.add(entry)
-    await db.flush()
+    values = {
+        "interaction_id": interaction_id,
+        "queue_id": queue_id,
+        "channel_class": cls,
+        "state": EntryState.waiting,
+        "priority": priority,
+        "priority_order": -(queue.rule.priority + priority),
+        "customer_id": customer_id,
+        "entered_at": now,
+        "waiting_since": now,
+        "queue_entered_at": now,
+        "sticky_agent_id": sticky_agent,
+        "sticky_until": sticky_until,
+        "excluded_agents": [],
+        "review_at": now,
+        "offers_made": 0,
+        "version": 0,
+    }
+    await db.execute(insert(RoutingEntry.__table__).values(values))
+    entry = EntryRow(**{name: values[name] for name in EntryRow.__slots__})  # type: ignore[attr-defined]
     await interactions.routing_stamp(db, interaction_id, "queued", now, queue=queue.code)
     _entry_event(db, entry, "queued")
     result = EnqueueResult(entry, True)
@@ -573,16 +575,16 @@ async def enqueue(
         from kefu.tickets import calendar
 
         if not calendar.is_business_time(await calendar.load_calendar(db, queue.calendar_id), now):
-            result.action = await _take_action(db, entry, queue, queue.closed_action, now, why="closed")
+            row = await db.get(RoutingEntry, interaction_id, populate_existing=True)
+            assert row is not None
+            result.action = await _take_action(db, row, queue, queue.closed_action, now, why="closed")
             return result
     if route:
-        # Routing writes the row with Core statements: keep no ORM copy that would go stale.
-        db.expunge(entry)
-        result.offer = await route_contact(db, interaction_id, now=now)
+        result.offer = await route_contact(db, interaction_id, now=now, entry=entry)
     return result
 
 
-def _entry_event(db: AsyncSession, entry: RoutingEntry, what: str, **extra: Any) -> None:
+def _entry_event(db: AsyncSession, entry: RoutingEntry | EntryRow, what: str, **extra: Any) -> None:
     publish_on_commit(
         db,
         Event(
@@ -669,7 +671,7 @@ async def _candidate_agents(
     sticky = entry.sticky_agent_id if entry.sticky_until is not None and entry.sticky_until > now else None
     reached = rule.level_at((now - entry.waiting_since).total_seconds())
     proficiency: dict[int, Any] = {}
-    query = select(AgentState.user_id).join(
+    query = select(*AGENT_COLUMNS).join(
         QueueMember, and_(QueueMember.user_id == AgentState.user_id, QueueMember.queue_id == queue.row_id)
     )
     for need in rule.skills:
@@ -704,25 +706,29 @@ async def _candidate_agents(
     query = query.order_by(
         level_sql, total.desc(), skill_count, _occupancy_sql(db), AgentState.idle_since, AgentState.user_id
     ).limit(AGENTS_PER_DECISION)
-    ids = list((await db.scalars(query)).all())
-    if not ids:
+    states = list(await db.execute(query))
+    if not states:
         return []
-    rows = await db.execute(select(*AGENT_COLUMNS).where(AgentState.user_id.in_(ids)))
-    states = {row.user_id: row for row in rows}
-    skills = await _skills_of(db, ids)
+    skills = await _skills_of(db, [row.user_id for row in states])
     languages = frozenset([rule.language]) if rule.language is not None else frozenset()
     member_of = frozenset([queue.row_id])
-    return [_agent_view(states[i], skills[i], languages, member_of) for i in ids if i in states]
+    return [_agent_view(row, skills[row.user_id], languages, member_of) for row in states]
 
 
 async def route_contact(
-    db: AsyncSession, interaction_id: int, *, now: datetime | None = None, cfg: RoutingConfig | None = None
+    db: AsyncSession,
+    interaction_id: int,
+    *,
+    now: datetime | None = None,
+    cfg: RoutingConfig | None = None,
+    entry: EntryRow | None = None,
 ) -> OfferMade | None:
     """Offer a waiting contact to the best agent who can take it now; None if nobody can (its next review
-    moment is then set so the sweep comes back to it)."""
+    moment is then set so the sweep comes back to it). ``entry``: the row as just written (saves a read)."""
     now = now or utcnow()
     cfg = cfg or _config
-    entry = await _entry_row(db, interaction_id)
+    if entry is None:
+        entry = await _entry_row(db, interaction_id)
     if entry is None or entry.state != EntryState.waiting:
         return None
     queue = (await load_queues(db, [entry.queue_id]))[entry.queue_id]
