@@ -3,6 +3,7 @@ and tests generated from the matrix check every (route, role) cell against the r
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -35,8 +36,10 @@ def _authorize_of(route: APIRoute | APIWebSocketRoute) -> Authorize | None:
     return None
 
 
+@functools.cache
 def all_routes() -> list[tuple[BaseRoute, str]]:
-    """Every route of the app with its full path, included routers flattened."""
+    """Every route of the app with its full path, included routers flattened. Built once: FastAPI works
+    out every route's dependencies when its contexts are listed (about half a second per listing)."""
     app = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:", secret_key="x"))
     try:
         from fastapi.routing import iter_route_contexts
@@ -45,6 +48,7 @@ def all_routes() -> list[tuple[BaseRoute, str]]:
     return [(rc.route, rc.path) for rc in iter_route_contexts(app.routes)]
 
 
+@functools.cache
 def declared_routes() -> dict[tuple[str, str], Authorize]:
     found: dict[tuple[str, str], Authorize] = {}
     for route, path in all_routes():
