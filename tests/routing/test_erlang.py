@@ -6,7 +6,11 @@ import math
 
 import pytest
 
+from conftest import is_postgres
 from kefu.routing import erlang
+
+# Pure computation, no database: it runs once, in the SQLite run of the suite.
+pytestmark = pytest.mark.skipif(is_postgres(), reason="no database involved; runs in the SQLite run")
 
 # The classic worked example: 100 calls in 30 minutes, 180 s handle time, 20 s target (10 Erlangs).
 RATE = 100 / 1800

@@ -11,9 +11,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from conftest import is_postgres
 from kefu.cli import app
 from kefu.routing import sim
 from kefu.routing.policy import QueueRule
+
+# Pure computation, no database: it runs once, in the SQLite run of the suite.
+pytestmark = pytest.mark.skipif(is_postgres(), reason="no database involved; runs in the SQLite run")
 
 
 def _scenario(queue: dict[str, Any], agents: list[dict[str, Any]], **extra: Any) -> sim.Scenario:
