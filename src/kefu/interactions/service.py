@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, and_, false, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, bindparam, false, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +35,7 @@ from kefu.core.events import Event, publish_on_commit
 from kefu.core.policy import Principal
 from kefu.customers.models import Customer, IdentityKind
 from kefu.customers.owners import register_mover
-from kefu.db.base import utcnow
+from kefu.db.base import UTCDateTime, utcnow
 from kefu.identity.models import STAFF_ROLES, Team, User, UserRole
 from kefu.identity.service import actor_of
 from kefu.interactions.models import (
@@ -600,6 +600,7 @@ async def record_event(
 
 # --- written by routing ------------------------------------------------------------------------------
 _ROUTING_STATES = {"queued": InteractionState.queued, "offered": InteractionState.offered}
+_routing_stamps: dict[tuple[str, bool], Any] = {}
 
 
 async def routing_stamp(
@@ -607,22 +608,33 @@ async def routing_stamp(
 ) -> bool:
     """Routing records that a contact was queued or first offered: written once (a later re-offer keeps
     the first time), never over a later fact. One UPDATE, no read: it sits on routing's hot path."""
-    column = getattr(Interaction, EVENT_FIELDS[event])
-    values: dict[Any, Any] = {column: at, Interaction.state: _ROUTING_STATES[event]}
-    if queue is not None:
-        values[Interaction.queue] = queue
-    done = await db.execute(
-        update(Interaction)
-        .where(
-            Interaction.id == interaction_id,
-            column.is_(None),
-            Interaction.answered_at.is_(None),
-            Interaction.abandoned_at.is_(None),
-            Interaction.ended_at.is_(None),
+    key = (event, queue is not None)
+    statement = _routing_stamps.get(key)
+    if statement is None:
+        # Built once per shape, with parameters named unlike any column (Core would add those to SET).
+        column = getattr(Interaction, EVENT_FIELDS[event])
+        values: dict[Any, Any] = {
+            column: bindparam("p_at", type_=UTCDateTime()),
+            Interaction.state: bindparam("p_state"),
+        }
+        if queue is not None:
+            values[Interaction.queue] = bindparam("p_queue")
+        statement = _routing_stamps[key] = (
+            update(Interaction)
+            .where(
+                Interaction.id == bindparam("p_id"),
+                column.is_(None),
+                Interaction.answered_at.is_(None),
+                Interaction.abandoned_at.is_(None),
+                Interaction.ended_at.is_(None),
+            )
+            .values(values)
+            .execution_options(synchronize_session=False)
         )
-        .values(values)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"p_id": interaction_id, "p_at": at, "p_state": _ROUTING_STATES[event]}
+    if queue is not None:
+        params["p_queue"] = queue
+    done = await db.execute(statement, params)
     return done.rowcount == 1
 
 

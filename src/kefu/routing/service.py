@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Float,
+    Integer,
     String,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -50,7 +54,7 @@ from kefu.core import audit
 from kefu.core.errors import Conflict, Forbidden, Invalid, NotFound
 from kefu.core.events import Event, publish_on_commit
 from kefu.core.policy import Principal
-from kefu.db.base import utcnow
+from kefu.db.base import UTCDateTime, utcnow
 from kefu.identity.models import AgentLanguage, AgentSkill, TeamMember, User
 from kefu.identity.service import actor_of
 from kefu.routing import policy
@@ -290,14 +294,44 @@ def _routable_clause(cls: str, now: datetime, cfg: RoutingConfig) -> Any:
     return clause
 
 
+# The decisions' statements are built once per shape, with bind parameters for everything that varies:
+# building and compiling a SQLAlchemy statement in Python costs several times what the database spends
+# running it, and a decision runs five of them.
+_statements: dict[tuple[Any, ...], Any] = {}
+
+
+def _statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    found = _statements.get(key)
+    if found is None:
+        found = _statements[key] = build()
+    return found
+
+
+def _routable_clause_bound(cls: str, rest: bool) -> Any:
+    """_routable_clause with the rest-rule cutoff as the bind parameter ``rest_cutoff``."""
+    clause = and_(AgentState.presence.in_([p.value for p in policy.ROUTABLE]), _capacity_clause(cls))
+    if rest:
+        cutoff = bindparam("rest_cutoff", type_=UTCDateTime())
+        clause = and_(clause, or_(AgentState.on_line_since.is_(None), AgentState.on_line_since > cutoff))
+    return clause
+
+
+def _rest_params(now: datetime, cfg: RoutingConfig) -> dict[str, Any]:
+    if cfg.rest.after_seconds > 0:
+        return {"rest_cutoff": now - timedelta(seconds=cfg.rest.after_seconds)}
+    return {}
+
+
 async def _skills_of(db: AsyncSession, user_ids: Sequence[int]) -> dict[int, dict[int, int]]:
     skills: dict[int, dict[int, int]] = {uid: {} for uid in user_ids}
     if user_ids:
-        rows = await db.execute(
-            select(AgentSkill.user_id, AgentSkill.skill_id, AgentSkill.proficiency).where(
-                AgentSkill.user_id.in_(user_ids)
-            )
+        statement = _statement(
+            ("skills_of",),
+            lambda: select(AgentSkill.user_id, AgentSkill.skill_id, AgentSkill.proficiency).where(
+                AgentSkill.user_id.in_(bindparam("user_ids", expanding=True))
+            ),
         )
+        rows = await db.execute(statement, {"user_ids": list(user_ids)})
         for user_id, skill_id, proficiency in rows:
             skills[user_id][skill_id] = proficiency
     return skills
@@ -566,7 +600,8 @@ async def enqueue(
         "offers_made": 0,
         "version": 0,
     }
-    await db.execute(insert(RoutingEntry.__table__).values(values))
+    # A constant INSERT executed with the row as parameters: built and compiled once.
+    await db.execute(_statement(("entry_insert",), lambda: insert(RoutingEntry.__table__)), values)
     entry = EntryRow(**{name: values[name] for name in EntryRow.__slots__})  # type: ignore[attr-defined]
     await interactions.routing_stamp(db, interaction_id, "queued", now, queue=queue.code)
     _entry_event(db, entry, "queued")
@@ -625,8 +660,10 @@ def _entry_rows(rows: Any) -> list[EntryRow]:
 
 
 async def _entry_row(db: AsyncSession, interaction_id: int) -> EntryRow | None:
-    rows = await db.execute(select(*ENTRY_COLUMNS).where(RoutingEntry.interaction_id == interaction_id))
-    found = _entry_rows(rows)
+    statement = _statement(
+        ("entry_row",), lambda: select(*ENTRY_COLUMNS).where(RoutingEntry.interaction_id == bindparam("p_id"))
+    )
+    found = _entry_rows(await db.execute(statement, {"p_id": interaction_id}))
     return found[0] if found else None
 
 
@@ -648,15 +685,66 @@ def contact_view(entry: RoutingEntry | EntryRow) -> policy.ContactView:
 AGENTS_PER_DECISION = 8
 
 
-def _occupancy_sql(db: AsyncSession) -> Any:
+def _occupancy_sql(dialect: str) -> Any:
     """SQL twin of policy.Capacity.occupancy: the largest load/limit share over the channel classes."""
     shares = []
     for cls in policy.CHANNEL_CLASSES:
         load = getattr(AgentState, LOAD_COLUMNS[cls])
         cap = getattr(AgentState, CAP_COLUMNS[cls])
         shares.append(case((cap > 0, cast(load, Float) / cap), else_=literal(0.0, Float)))
-    greatest = func.greatest if db.bind.dialect.name == "postgresql" else func.max
+    greatest = func.greatest if dialect == "postgresql" else func.max
     return greatest(*shares)
+
+
+def _candidates_statement(
+    dialect: str,
+    needs: tuple[policy.SkillNeed, ...],
+    levels: tuple[Any, ...],
+    cls: str,
+    rest: bool,
+    sticky: bool,
+    language: bool,
+) -> Any:
+    """The ranking query for one queue's requirement shape (see _candidate_agents); what varies per
+    decision is bound: queue_id, reached, sticky_id, language, excluded, rest_cutoff."""
+    proficiency: dict[int, Any] = {}
+    query = select(*AGENT_COLUMNS).join(
+        QueueMember,
+        and_(QueueMember.user_id == AgentState.user_id, QueueMember.queue_id == bindparam("queue_id")),
+    )
+    for need in needs:
+        held = aliased(AgentSkill)
+        query = query.outerjoin(held, and_(held.user_id == AgentState.user_id, held.skill_id == need.skill_id))
+        proficiency[need.skill_id] = func.coalesce(held.proficiency, 0)
+    whens = []
+    for level, level_needs in enumerate(levels):
+        met = (
+            and_(true(), *(proficiency[n.skill_id] >= n.min_proficiency for n in level_needs))
+            if level_needs is not None
+            else true()
+        )
+        whens.append((met, level))
+    level_sql = case(*whens, else_=None) if whens else literal(0)
+    skill_count = (
+        select(func.count()).select_from(AgentSkill).where(AgentSkill.user_id == AgentState.user_id).scalar_subquery()
+    )
+    query = query.where(_routable_clause_bound(cls, rest), level_sql.is_not(None))
+    # A reserved (sticky) contact: only the customer's agent, at any level.
+    query = query.where(
+        AgentState.user_id == bindparam("sticky_id") if sticky else level_sql <= bindparam("reached", type_=Integer())
+    )
+    if language:
+        query = query.where(
+            select(AgentLanguage.user_id)
+            .where(AgentLanguage.user_id == AgentState.user_id, AgentLanguage.language == bindparam("language"))
+            .exists()
+        )
+    query = query.where(AgentState.user_id.not_in(bindparam("excluded", expanding=True)))
+    total = sum(proficiency.values(), literal(0)) if proficiency else literal(0)
+    occupancy = _occupancy_sql(dialect)
+    return query.order_by(
+        level_sql, total.desc(), skill_count, occupancy, AgentState.idle_since, AgentState.user_id
+    ).limit(AGENTS_PER_DECISION)
 
 
 async def _candidate_agents(
@@ -669,44 +757,30 @@ async def _candidate_agents(
     policy re-ranks them: SQL narrows, the policy decides."""
     rule = queue.rule
     sticky = entry.sticky_agent_id if entry.sticky_until is not None and entry.sticky_until > now else None
-    reached = rule.level_at((now - entry.waiting_since).total_seconds())
-    proficiency: dict[int, Any] = {}
-    query = select(*AGENT_COLUMNS).join(
-        QueueMember, and_(QueueMember.user_id == AgentState.user_id, QueueMember.queue_id == queue.row_id)
+    rest = cfg.rest.after_seconds > 0
+    dialect = db.bind.dialect.name
+    shape = (
+        dialect,
+        rule.skills,
+        rule.levels,
+        entry.channel_class,
+        rest,
+        sticky is not None,
+        rule.language is not None,
     )
-    for need in rule.skills:
-        held = aliased(AgentSkill)
-        query = query.outerjoin(held, and_(held.user_id == AgentState.user_id, held.skill_id == need.skill_id))
-        proficiency[need.skill_id] = func.coalesce(held.proficiency, 0)
-    whens = []
-    for level, needs in enumerate(rule.levels):
-        met = (
-            and_(true(), *(proficiency[n.skill_id] >= n.min_proficiency for n in needs))
-            if needs is not None
-            else true()
-        )
-        whens.append((met, level))
-    level_sql = case(*whens, else_=None) if whens else literal(0)
-    skill_count = (
-        select(func.count()).select_from(AgentSkill).where(AgentSkill.user_id == AgentState.user_id).scalar_subquery()
-    )
-    query = query.where(_routable_clause(entry.channel_class, now, cfg), level_sql.is_not(None))
-    # A reserved (sticky) contact: only the customer's agent, at any level.
-    query = query.where(AgentState.user_id == sticky if sticky is not None else level_sql <= reached)
+    statement = _statement(("candidates", *shape), lambda: _candidates_statement(*shape))
+    params: dict[str, Any] = {
+        "queue_id": queue.row_id,
+        "excluded": list(entry.excluded_agents or ()),
+        **_rest_params(now, cfg),
+    }
+    if sticky is not None:
+        params["sticky_id"] = sticky
+    else:
+        params["reached"] = rule.level_at((now - entry.waiting_since).total_seconds())
     if rule.language is not None:
-        query = query.where(
-            select(AgentLanguage.user_id)
-            .where(AgentLanguage.user_id == AgentState.user_id, AgentLanguage.language == rule.language)
-            .exists()
-        )
-    excluded = list(entry.excluded_agents or ())
-    if excluded:
-        query = query.where(AgentState.user_id.not_in(excluded))
-    total = sum(proficiency.values(), literal(0)) if proficiency else literal(0)
-    query = query.order_by(
-        level_sql, total.desc(), skill_count, _occupancy_sql(db), AgentState.idle_since, AgentState.user_id
-    ).limit(AGENTS_PER_DECISION)
-    states = list(await db.execute(query))
+        params["language"] = rule.language
+    states = list(await db.execute(statement, params))
     if not states:
         return []
     skills = await _skills_of(db, [row.user_id for row in states])
@@ -849,6 +923,71 @@ def _agent_reserved(db: AsyncSession, cls: str, agent_id: int, now: datetime, cf
     )
 
 
+def _claim_statement(cls: str, rest: bool) -> Any:
+    entries, agents, offers = RoutingEntry.__table__, AgentState.__table__, Offer.__table__
+    when = UTCDateTime()
+    # One object per parameter, used wherever the parameter appears.
+    interaction_id = bindparam("p_interaction_id", type_=BigInteger())
+    agent_id = bindparam("p_agent_id", type_=BigInteger())
+    expires_at = bindparam("p_expires_at", type_=when)
+    taken = (
+        update(entries)
+        .where(
+            entries.c.interaction_id.in_(
+                select(entries.c.interaction_id)
+                .where(entries.c.interaction_id == interaction_id)
+                .with_for_update(skip_locked=True)
+            ),
+            entries.c.state == EntryState.waiting,
+            entries.c.version == bindparam("p_version"),
+        )
+        .values(
+            state=EntryState.offered,
+            offer_agent_id=agent_id,
+            offer_expires_at=expires_at,
+            offers_made=entries.c.offers_made + 1,
+            review_at=null(),
+            version=entries.c.version + 1,
+        )
+        .returning(entries.c.interaction_id)
+        .cte("taken")
+    )
+    load = agents.c[LOAD_COLUMNS[cls]]
+    reserved = (
+        update(agents)
+        .where(
+            agents.c.user_id.in_(
+                select(agents.c.user_id)
+                .where(agents.c.user_id == bindparam("p_agent_id"))
+                .with_for_update(skip_locked=True)
+            ),
+            _routable_clause_bound(cls, rest),
+            select(taken.c.interaction_id).exists(),
+        )
+        .values({load: load + 1, agents.c.version: agents.c.version + 1})
+        .returning(agents.c.user_id)
+        .cte("reserved")
+    )
+    made = (
+        insert(offers)
+        .from_select(
+            ["interaction_id", "queue_id", "agent_id", "offered_at", "expires_at", "level", "sticky"],
+            select(
+                interaction_id,
+                bindparam("p_queue_id", type_=BigInteger()),
+                reserved.c.user_id,
+                bindparam("p_offered_at", type_=when),
+                expires_at,
+                bindparam("p_level", type_=Integer()),
+                bindparam("p_sticky", type_=Boolean()),
+            ),
+        )
+        .returning(offers.c.id)
+        .cte("made")
+    )
+    return select(select(func.count()).select_from(taken).scalar_subquery(), select(made.c.id).scalar_subquery())
+
+
 async def _claim_in_one_statement(
     db: AsyncSession,
     entry: RoutingEntry | EntryRow,
@@ -859,34 +998,13 @@ async def _claim_in_one_statement(
 ) -> tuple[bool, int | None]:
     """PostgreSQL: both compare-and-sets and the offer row in one round trip (data-modifying CTEs; each
     step runs only if the one before it returned its row). Returns (entry taken, offer id)."""
-    taken = (
-        _entry_taken(db, entry, agent_id, values["expires_at"])
-        .returning(RoutingEntry.__table__.c.interaction_id)
-        .cte("taken")
-    )
-    reserve = _agent_reserved(db, entry.channel_class, agent_id, now, cfg)
-    reserved = (
-        reserve.where(select(taken.c.interaction_id).exists()).returning(AgentState.__table__.c.user_id).cte("reserved")
-    )
-    offers = Offer.__table__
-    columns = list(values)
-    made = (
-        insert(offers)
-        .from_select(
-            columns,
-            select(*(literal(values[c], offers.c[c].type) if c != "agent_id" else reserved.c.user_id for c in columns)),
-        )
-        .returning(offers.c.id)
-        .cte("made")
-    )
-    row = (
-        await db.execute(
-            select(
-                select(func.count()).select_from(taken).scalar_subquery(),
-                select(made.c.id).scalar_subquery(),
-            )
-        )
-    ).one()
+    rest = cfg.rest.after_seconds > 0
+    statement = _statement(("claim", entry.channel_class, rest), lambda: _claim_statement(entry.channel_class, rest))
+    # Parameter names differ from every column name: Core adds a parameter named like a column of an
+    # UPDATE's table to its SET clause.
+    params = {f"p_{name}": value for name, value in values.items()}
+    params.update(p_version=entry.version, **_rest_params(now, cfg))
+    row = (await db.execute(statement, params)).one()
     return bool(row[0]), row[1]
 
 
@@ -985,21 +1103,26 @@ def _seen(entry: RoutingEntry | EntryRow, **values: Any) -> None:
             setattr(entry, name, value)
 
 
-async def _agent_view_of(db: AsyncSession, state: AgentState | Any) -> policy.AgentView:
-    """The agent as policy sees them: skills, languages and queues read in one statement."""
-    uid = state.user_id
+def _agent_facts_statement() -> Any:
+    uid = bindparam("user_id")
     text_null = cast(null(), String)
-    facts = union_all(
+    return union_all(
         select(literal("skill"), AgentSkill.skill_id, AgentSkill.proficiency, text_null).where(
             AgentSkill.user_id == uid
         ),
         select(literal("language"), literal(0), literal(0), AgentLanguage.language).where(AgentLanguage.user_id == uid),
         select(literal("queue"), QueueMember.queue_id, literal(0), text_null).where(QueueMember.user_id == uid),
     )
+
+
+async def _agent_view_of(db: AsyncSession, state: AgentState | Any) -> policy.AgentView:
+    """The agent as policy sees them: skills, languages and queues read in one statement."""
+    statement = _statement(("agent_facts",), _agent_facts_statement)
+    rows = await db.execute(statement, {"user_id": state.user_id})
     skills: dict[int, int] = {}
     languages: set[str] = set()
     queues: set[int] = set()
-    for kind, number, level, text in await db.execute(facts):
+    for kind, number, level, text in rows:
         if kind == "skill":
             skills[number] = level
         elif kind == "language":
@@ -1007,6 +1130,36 @@ async def _agent_view_of(db: AsyncSession, state: AgentState | Any) -> policy.Ag
         else:
             queues.add(number)
     return _agent_view(state, skills, frozenset(languages), frozenset(queues))
+
+
+def _waiting_statement(heads: int) -> Any:
+    """The heads of ``heads`` queues (each an index range scan, LIMIT depth) plus the contacts reserved for
+    the agent, minus those already tried (``skip``)."""
+    now = bindparam("now", type_=UTCDateTime())
+    parts = []
+    for i in range(heads):
+        parts.append(
+            select(RoutingEntry.interaction_id)
+            .where(
+                RoutingEntry.queue_id == bindparam(f"queue_{i}"),
+                RoutingEntry.state == EntryState.waiting,
+                RoutingEntry.waiting_since <= bindparam(f"since_{i}", type_=UTCDateTime()),
+                or_(RoutingEntry.sticky_until.is_(None), RoutingEntry.sticky_until <= now),
+            )
+            .order_by(RoutingEntry.priority_order, RoutingEntry.waiting_since)
+            .limit(bindparam("depth", type_=Integer()))
+            .subquery()
+        )
+    reserved = select(RoutingEntry.interaction_id).where(
+        RoutingEntry.sticky_agent_id == bindparam("agent_id"),
+        RoutingEntry.state == EntryState.waiting,
+        RoutingEntry.sticky_until > now,
+    )
+    candidates = union_all(*(select(part.c.interaction_id) for part in parts), reserved).subquery()
+    return select(*ENTRY_COLUMNS).where(
+        RoutingEntry.interaction_id.in_(select(candidates.c.interaction_id)),
+        RoutingEntry.interaction_id.not_in(bindparam("skip", expanding=True)),
+    )
 
 
 async def _waiting_for(
@@ -1021,7 +1174,8 @@ async def _waiting_for(
     """The waiting contacts the agent could take: per queue they serve, the head of the queue among
     those that have waited long enough for the agent's bullseye level, plus any reserved for them. One
     statement: a UNION ALL of one index range scan per queue."""
-    heads = []
+    params: dict[str, Any] = {"now": now, "agent_id": agent.id, "skip": sorted(skip)}
+    heads = 0
     for queue in queues.values():
         if not queue.active or not policy.language_ok(queue.rule, agent):
             continue
@@ -1030,31 +1184,14 @@ async def _waiting_for(
         level = queue.rule.first_level(agent.skills)
         if level is None:
             continue
-        waited_since = now - timedelta(seconds=queue.rule.wait_for_level(level))
-        heads.append(
-            select(RoutingEntry.interaction_id)
-            .where(
-                RoutingEntry.queue_id == queue.row_id,
-                RoutingEntry.state == EntryState.waiting,
-                RoutingEntry.waiting_since <= waited_since,
-                or_(RoutingEntry.sticky_until.is_(None), RoutingEntry.sticky_until <= now),
-            )
-            .order_by(RoutingEntry.priority_order, RoutingEntry.waiting_since)
-            .limit((depth or CONTACTS_PER_QUEUE) + len(skip))
-            .subquery()
-        )
+        params[f"queue_{heads}"] = queue.row_id
+        params[f"since_{heads}"] = now - timedelta(seconds=queue.rule.wait_for_level(level))
+        heads += 1
     if not heads:
         return []  # nothing the agent could take now: the contacts reserved for them must wait too
-    reserved = select(RoutingEntry.interaction_id).where(
-        RoutingEntry.sticky_agent_id == agent.id,
-        RoutingEntry.state == EntryState.waiting,
-        RoutingEntry.sticky_until > now,
-    )
-    candidates = union_all(*(select(head.c.interaction_id) for head in heads), reserved).subquery()
-    query = select(*ENTRY_COLUMNS).where(RoutingEntry.interaction_id.in_(select(candidates.c.interaction_id)))
-    if skip:
-        query = query.where(RoutingEntry.interaction_id.not_in(sorted(skip)))
-    return _entry_rows(await db.execute(query))
+    params["depth"] = (depth or CONTACTS_PER_QUEUE) + len(skip)
+    statement = _statement(("waiting", heads), lambda: _waiting_statement(heads))
+    return _entry_rows(await db.execute(statement, params))
 
 
 def _can_take_more(agent: policy.AgentView, queues: dict[int, QueueInfo], cfg: RoutingConfig, now: datetime) -> bool:
@@ -1066,7 +1203,10 @@ def _can_take_more(agent: policy.AgentView, queues: dict[int, QueueInfo], cfg: R
 
 
 async def _agent_row(db: AsyncSession, user_id: int) -> Any:
-    return (await db.execute(select(*AGENT_COLUMNS).where(AgentState.user_id == user_id))).first()
+    statement = _statement(
+        ("agent_row",), lambda: select(*AGENT_COLUMNS).where(AgentState.user_id == bindparam("user_id"))
+    )
+    return (await db.execute(statement, {"user_id": user_id})).first()
 
 
 async def route_agent(
