@@ -286,14 +286,6 @@ def _capacity_clause(cls: str) -> Any:
     return clause
 
 
-def _routable_clause(cls: str, now: datetime, cfg: RoutingConfig) -> Any:
-    clause = and_(AgentState.presence.in_([p.value for p in policy.ROUTABLE]), _capacity_clause(cls))
-    if cfg.rest.after_seconds > 0:
-        cutoff = now - timedelta(seconds=cfg.rest.after_seconds)
-        clause = and_(clause, or_(AgentState.on_line_since.is_(None), AgentState.on_line_since > cutoff))
-    return clause
-
-
 # The decisions' statements are built once per shape, with bind parameters for everything that varies:
 # building and compiling a SQLAlchemy statement in Python costs several times what the database spends
 # running it, and a decision runs five of them.
@@ -307,8 +299,9 @@ def _statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
     return found
 
 
-def _routable_clause_bound(cls: str, rest: bool) -> Any:
-    """_routable_clause with the rest-rule cutoff as the bind parameter ``rest_cutoff``."""
+def _routable_clause(cls: str, rest: bool) -> Any:
+    """SQL twin of policy.agent_can_take_now: present, with capacity for ``cls`` and, with the rest rule
+    on, on line since after the bind parameter ``rest_cutoff``."""
     clause = and_(AgentState.presence.in_([p.value for p in policy.ROUTABLE]), _capacity_clause(cls))
     if rest:
         cutoff = bindparam("rest_cutoff", type_=UTCDateTime())
@@ -335,20 +328,6 @@ async def _skills_of(db: AsyncSession, user_ids: Sequence[int]) -> dict[int, dic
         for user_id, skill_id, proficiency in rows:
             skills[user_id][skill_id] = proficiency
     return skills
-
-
-async def _languages_of(db: AsyncSession, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
-    found: dict[int, set[str]] = {uid: set() for uid in user_ids}
-    if user_ids:
-        for user_id, language in await db.execute(
-            select(AgentLanguage.user_id, AgentLanguage.language).where(AgentLanguage.user_id.in_(user_ids))
-        ):
-            found[user_id].add(language)
-    return {uid: frozenset(langs) for uid, langs in found.items()}
-
-
-async def _memberships_of(db: AsyncSession, user_id: int) -> frozenset[int]:
-    return frozenset((await db.scalars(select(QueueMember.queue_id).where(QueueMember.user_id == user_id))).all())
 
 
 # --- presence ----------------------------------------------------------------------------------------
@@ -728,7 +707,7 @@ def _candidates_statement(
     skill_count = (
         select(func.count()).select_from(AgentSkill).where(AgentSkill.user_id == AgentState.user_id).scalar_subquery()
     )
-    query = query.where(_routable_clause_bound(cls, rest), level_sql.is_not(None))
+    query = query.where(_routable_clause(cls, rest), level_sql.is_not(None))
     # A reserved (sticky) contact: only the customer's agent, at any level.
     query = query.where(
         AgentState.user_id == bindparam("sticky_id") if sticky else level_sql <= bindparam("reached", type_=Integer())
@@ -822,7 +801,9 @@ async def route_contact(
         await db.execute(
             update(RoutingEntry)
             .where(
-                RoutingEntry.interaction_id.in_(_unlocked(db, RoutingEntry.interaction_id, interaction_id)),
+                RoutingEntry.interaction_id.in_(
+                    _unlocked(db.bind.dialect.name, RoutingEntry.interaction_id, interaction_id)
+                ),
                 RoutingEntry.state == EntryState.waiting,
                 RoutingEntry.version == entry.version,
             )
@@ -850,17 +831,20 @@ def _review_moment(entry: RoutingEntry | EntryRow, queue: QueueInfo, now: dateti
     return _dt(policy.next_review_at(contact_view(entry), queue.rule, now.timestamp(), *later))
 
 
-def _unlocked(db: AsyncSession, key: Any, value: int) -> Any:
+def _unlocked(dialect: str, key: Any, value: Any) -> Any:
     """The row ``key == value`` unless another transaction holds it (PostgreSQL: FOR UPDATE SKIP LOCKED).
 
     A decision never waits for a row someone else is deciding about: it moves on to the next candidate.
     That keeps lock waits out of the claim entirely, so decisions cannot deadlock with each other or
     with accepts, hang-ups and sweeps, whatever order they touch entries and agents in. (SQLite has one
     writer at a time and ignores the clause.)"""
-    query = select(key).where(key == value)
-    if db.bind.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return query
+    return _skip_locked(dialect, select(key).where(key == value))
+
+
+def _skip_locked(dialect: str, query: Any) -> Any:
+    # On PostgreSQL several processes decide and sweep at once: rows another one holds are skipped, not
+    # waited for. SQLite has one writer at a time anyway.
+    return query.with_for_update(skip_locked=True) if dialect == "postgresql" else query
 
 
 @dataclass(frozen=True)
@@ -891,53 +875,21 @@ def _offer_values(
     }
 
 
-def _entry_taken(db: AsyncSession, entry: RoutingEntry | EntryRow, agent_id: int, expires: datetime) -> Any:
-    """The compare-and-set on the entry: still waiting, same version, nobody else holding it."""
-    table = RoutingEntry.__table__
-    return (
-        update(table)
-        .where(
-            table.c.interaction_id.in_(_unlocked(db, table.c.interaction_id, entry.interaction_id)),
-            table.c.state == EntryState.waiting,
-            table.c.version == entry.version,
-        )
-        .values(
-            state=EntryState.offered,
-            offer_agent_id=agent_id,
-            offer_expires_at=expires,
-            offers_made=table.c.offers_made + 1,
-            review_at=None,
-            version=table.c.version + 1,
-        )
-    )
-
-
-def _agent_reserved(db: AsyncSession, cls: str, agent_id: int, now: datetime, cfg: RoutingConfig) -> Any:
-    """The compare-and-set on the agent: still present, rested, with capacity, nobody else holding them."""
-    table = AgentState.__table__
-    load = table.c[LOAD_COLUMNS[cls]]
-    return (
-        update(table)
-        .where(table.c.user_id.in_(_unlocked(db, table.c.user_id, agent_id)), _routable_clause(cls, now, cfg))
-        .values({load: load + 1, table.c.version: table.c.version + 1})
-    )
-
-
-def _claim_statement(cls: str, rest: bool) -> Any:
-    entries, agents, offers = RoutingEntry.__table__, AgentState.__table__, Offer.__table__
+def _claim_parts(dialect: str, cls: str, rest: bool) -> tuple[Any, Any, Any]:
+    """The three steps of a claim as statements with bind parameters (named unlike any column: Core adds a
+    parameter named like a column of an UPDATE's table to its SET clause): the compare-and-set on the
+    entry (still waiting, same version, nobody else holding it), the one on the agent (still present,
+    rested, with capacity, nobody else holding them), and the offer row."""
+    entries, agents = RoutingEntry.__table__, AgentState.__table__
     when = UTCDateTime()
-    # One object per parameter, used wherever the parameter appears.
     interaction_id = bindparam("p_interaction_id", type_=BigInteger())
     agent_id = bindparam("p_agent_id", type_=BigInteger())
     expires_at = bindparam("p_expires_at", type_=when)
+
     taken = (
         update(entries)
         .where(
-            entries.c.interaction_id.in_(
-                select(entries.c.interaction_id)
-                .where(entries.c.interaction_id == interaction_id)
-                .with_for_update(skip_locked=True)
-            ),
+            entries.c.interaction_id.in_(_unlocked(dialect, entries.c.interaction_id, interaction_id)),
             entries.c.state == EntryState.waiting,
             entries.c.version == bindparam("p_version"),
         )
@@ -949,79 +901,67 @@ def _claim_statement(cls: str, rest: bool) -> Any:
             review_at=null(),
             version=entries.c.version + 1,
         )
-        .returning(entries.c.interaction_id)
-        .cte("taken")
     )
     load = agents.c[LOAD_COLUMNS[cls]]
     reserved = (
         update(agents)
-        .where(
-            agents.c.user_id.in_(
-                select(agents.c.user_id)
-                .where(agents.c.user_id == bindparam("p_agent_id"))
-                .with_for_update(skip_locked=True)
-            ),
-            _routable_clause_bound(cls, rest),
-            select(taken.c.interaction_id).exists(),
-        )
+        .where(agents.c.user_id.in_(_unlocked(dialect, agents.c.user_id, agent_id)), _routable_clause(cls, rest))
         .values({load: load + 1, agents.c.version: agents.c.version + 1})
-        .returning(agents.c.user_id)
-        .cte("reserved")
     )
-    made = (
-        insert(offers)
-        .from_select(
-            ["interaction_id", "queue_id", "agent_id", "offered_at", "expires_at", "level", "sticky"],
-            select(
-                interaction_id,
-                bindparam("p_queue_id", type_=BigInteger()),
-                reserved.c.user_id,
-                bindparam("p_offered_at", type_=when),
-                expires_at,
-                bindparam("p_level", type_=Integer()),
-                bindparam("p_sticky", type_=Boolean()),
-            ),
-        )
-        .returning(offers.c.id)
-        .cte("made")
-    )
+    made_from = {
+        "interaction_id": interaction_id,
+        "queue_id": bindparam("p_queue_id", type_=BigInteger()),
+        "agent_id": agent_id,
+        "offered_at": bindparam("p_offered_at", type_=when),
+        "expires_at": expires_at,
+        "level": bindparam("p_level", type_=Integer()),
+        "sticky": bindparam("p_sticky", type_=Boolean()),
+    }
+    return taken, reserved, made_from
+
+
+def _claim_statement(cls: str, rest: bool) -> Any:
+    """PostgreSQL: the three steps in one statement (data-modifying CTEs; each step runs only if the one
+    before it returned its row)."""
+    taken, reserved, made_from = _claim_parts("postgresql", cls, rest)
+    agents, offers = AgentState.__table__, Offer.__table__
+    taken = taken.returning(RoutingEntry.__table__.c.interaction_id).cte("taken")
+    reserved = reserved.where(select(taken.c.interaction_id).exists()).returning(agents.c.user_id).cte("reserved")
+    made_from["agent_id"] = reserved.c.user_id
+    made = insert(offers).from_select(list(made_from), select(*made_from.values())).returning(offers.c.id).cte("made")
     return select(select(func.count()).select_from(taken).scalar_subquery(), select(made.c.id).scalar_subquery())
 
 
-async def _claim_in_one_statement(
-    db: AsyncSession,
-    entry: RoutingEntry | EntryRow,
-    agent_id: int,
-    values: dict[str, Any],
-    now: datetime,
-    cfg: RoutingConfig,
-) -> tuple[bool, int | None]:
-    """PostgreSQL: both compare-and-sets and the offer row in one round trip (data-modifying CTEs; each
-    step runs only if the one before it returned its row). Returns (entry taken, offer id)."""
-    rest = cfg.rest.after_seconds > 0
-    statement = _statement(("claim", entry.channel_class, rest), lambda: _claim_statement(entry.channel_class, rest))
-    # Parameter names differ from every column name: Core adds a parameter named like a column of an
-    # UPDATE's table to its SET clause.
+def _claim_params(
+    entry: RoutingEntry | EntryRow, values: dict[str, Any], now: datetime, cfg: RoutingConfig
+) -> dict[str, Any]:
     params = {f"p_{name}": value for name, value in values.items()}
     params.update(p_version=entry.version, **_rest_params(now, cfg))
-    row = (await db.execute(statement, params)).one()
+    return params
+
+
+async def _claim_in_one_statement(
+    db: AsyncSession, entry: RoutingEntry | EntryRow, values: dict[str, Any], now: datetime, cfg: RoutingConfig
+) -> tuple[bool, int | None]:
+    """PostgreSQL: one round trip. Returns (entry taken, offer id)."""
+    rest = cfg.rest.after_seconds > 0
+    statement = _statement(("claim", entry.channel_class, rest), lambda: _claim_statement(entry.channel_class, rest))
+    row = (await db.execute(statement, _claim_params(entry, values, now, cfg))).one()
     return bool(row[0]), row[1]
 
 
 async def _claim_step_by_step(
-    db: AsyncSession,
-    entry: RoutingEntry | EntryRow,
-    agent_id: int,
-    values: dict[str, Any],
-    now: datetime,
-    cfg: RoutingConfig,
+    db: AsyncSession, entry: RoutingEntry | EntryRow, values: dict[str, Any], now: datetime, cfg: RoutingConfig
 ) -> tuple[bool, int | None]:
-    """SQLite (one writer at a time): the same steps as separate statements."""
-    taken = await db.execute(_entry_taken(db, entry, agent_id, values["expires_at"]))
-    if taken.rowcount != 1:
+    """SQLite (one writer at a time, no data-modifying CTEs): the same steps one after the other."""
+    rest = cfg.rest.after_seconds > 0
+    dialect = db.bind.dialect.name
+    key = ("claim_steps", dialect, entry.channel_class, rest)
+    taken, reserved, made_from = _statement(key, lambda: _claim_parts(dialect, entry.channel_class, rest))
+    params = _claim_params(entry, values, now, cfg)
+    if (await db.execute(taken, params)).rowcount != 1:
         return False, None
-    reserved = await db.execute(_agent_reserved(db, entry.channel_class, agent_id, now, cfg))
-    if reserved.rowcount != 1:
+    if (await db.execute(reserved, params)).rowcount != 1:
         return True, None
     return True, await db.scalar(insert(Offer.__table__).values(values).returning(Offer.__table__.c.id))
 
@@ -1043,7 +983,7 @@ async def _claim(
     expires = now + timedelta(seconds=queue.offer_timeout_seconds)
     values = _offer_values(entry, agent_id, now, expires, level, sticky)
     claim = _claim_in_one_statement if db.bind.dialect.name == "postgresql" else _claim_step_by_step
-    taken, offer_id = await claim(db, entry, agent_id, values, now, cfg)
+    taken, offer_id = await claim(db, entry, values, now, cfg)
     if not taken:
         return None, False
     if offer_id is None:
@@ -1393,7 +1333,7 @@ async def _withdraw_offers_of(db: AsyncSession, agent_id: int, now: datetime) ->
         # hang-up) may be waiting for it; an offer skipped here is being decided, or rings out later.
         entry = await db.scalar(
             _skip_locked(
-                db, select(RoutingEntry).where(RoutingEntry.interaction_id == interaction_id)
+                db.bind.dialect.name, select(RoutingEntry).where(RoutingEntry.interaction_id == interaction_id)
             ).execution_options(populate_existing=True)
         )
         if entry is not None and entry.state == EntryState.offered and entry.offer_agent_id == agent_id:
@@ -1493,11 +1433,6 @@ class SweepResult:
         return self.expired_offers + self.reviewed + self.after_contact_ended
 
 
-def _skip_locked(db: AsyncSession, query: Any) -> Any:
-    # On PostgreSQL several processes sweep at once and split the work; SQLite has one writer anyway.
-    return query.with_for_update(skip_locked=True) if db.bind.dialect.name == "postgresql" else query
-
-
 async def _due_items(db: AsyncSession, now: datetime, batch: int) -> list[tuple[str, int]]:
     """What the sweep has to do now, without taking any lock: (kind, id) pairs."""
     expired = (
@@ -1557,7 +1492,7 @@ async def sweep_item(db: AsyncSession, kind: str, item_id: int, now: datetime) -
         base = base.where(RoutingEntry.state == EntryState.offered, RoutingEntry.offer_expires_at <= now)
     else:
         base = base.where(RoutingEntry.state == EntryState.waiting, RoutingEntry.review_at <= now)
-    entry = await db.scalar(_skip_locked(db, base).execution_options(populate_existing=True))
+    entry = await db.scalar(_skip_locked(db.bind.dialect.name, base).execution_options(populate_existing=True))
     if entry is None:
         return result
     if kind == "offer":
