@@ -15,6 +15,17 @@ from kefu.core import (
     idempotency,
     mail,  # noqa: F401 - registers the mail job handlers
 )
+from kefu.channels import runtime as channels_runtime
+from kefu.channels.chat import api as chat_api
+from kefu.channels.chat import pages as chat_pages
+from kefu.channels.cti import api as cti_api
+from kefu.channels.cti import pages as cti_pages
+from kefu.channels.email import api as email_api
+from kefu.channels.email import pages as email_pages
+from kefu.channels.ivr import api as ivr_api
+from kefu.channels.ivr import pages as ivr_pages
+from kefu.channels.webhooks import api as webhooks_api
+from kefu.channels.webhooks import pages as webhooks_pages
 from kefu.core.errors import install_error_handlers
 from kefu.core.events import make_bus
 from kefu.core.jobs import Worker
@@ -65,10 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeper = RoutingSweeper(app.state.session_factory)
             sweeper.start()
         app.state.worker = worker
+        await channels_runtime.start(app)
         log.info("kefu started", extra={"base_url": settings.base_url, "sqlite": settings.is_sqlite})
         try:
             yield
         finally:
+            await channels_runtime.stop(app)
             if sweeper is not None:
                 await sweeper.stop()
             if worker is not None:
@@ -116,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(realtime_router)
     for service_desk_router in (customers_api, interactions_api, tickets_api, sla_api, routing_api):
         app.include_router(service_desk_router.router)
+    for channel_api in (email_api, chat_api, cti_api, ivr_api, webhooks_api):
+        app.include_router(channel_api.router)
 
     @app.get("/api/docs", include_in_schema=False)
     async def api_docs(request: Request, principal: Principal = authorize("public", "read")) -> HTMLResponse:
@@ -134,5 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # customers_pages first: its /customers/new must win over the desk's /customers/{customer_id}.
     for service_desk_pages in (customers_pages, tickets_pages, desk_pages, routing_pages, routing_admin_pages):
         app.include_router(service_desk_pages.router)
+    for channel_pages in (email_pages, chat_pages, cti_pages, ivr_pages, webhooks_pages):
+        app.include_router(channel_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

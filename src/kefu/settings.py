@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     routing_rest_break_seconds: int = 900
     # An agent who lets this many offers in a row ring out is set to not ready (a break).
     routing_missed_offers_limit: int = 2
+    # --- channels: email (owned by the email channel) ---
+    # --- end email ---
+    # --- channels: chat ---
+    # --- end chat ---
+    # --- channels: cti/ivr ---
+    # --- end cti/ivr ---
+    # --- channels: webhooks ---
+    # --- end webhooks ---
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -445,7 +445,7 @@ ARTICLE_STATE.update(
 )
 
 
-# Each domain keeps its own examples beside its tests, in ``tests/<domain>/<name>_matrix.py``:
+# Each domain keeps its own examples beside its tests, in ``tests/<domain>/[<sub>/]<name>_matrix.py``:
 #   EXAMPLES   {(method, path): lambda c: {...}}  using ``c.ids[...]`` for objects it made
 #   prepare    async (app, world) -> dict[str, int]: objects made once for the whole matrix run
 #   PER_CELL   {(method, path): async (app, world, role) -> dict[str, int]}: objects made for one cell
@@ -455,7 +455,7 @@ def _domain_modules() -> list[Any]:
     from pathlib import Path
 
     modules = []
-    for path in sorted(Path(__file__).resolve().parent.parent.glob("*/*_matrix.py")):
+    for path in sorted(Path(__file__).resolve().parent.parent.glob("**/*_matrix.py")):
         if path.name.startswith("test_"):
             continue
         spec = importlib.util.spec_from_file_location(f"kefu_matrix_{path.parent.name}_{path.stem}", path)

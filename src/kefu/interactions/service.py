@@ -355,6 +355,7 @@ class NewInteraction:
     work_order_id: int | None = None
     arrived_at: datetime | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    display_name: str | None = None  # for a customer created from this contact
 
 
 async def _existing(db: AsyncSession, principal: Principal, channel: str, external_id: str) -> InteractionView | None:
@@ -393,7 +394,9 @@ async def _customer_for(
         return None, None
     assert new.identity_kind is not None
     if new.create_customer:
-        customer, _created = await customers.resolve_or_create(db, principal, new.identity_kind, value)
+        customer, _created = await customers.resolve_or_create(
+            db, principal, new.identity_kind, value, new.display_name
+        )
         return value, customer
     return value, await customers.find_by_identity(db, new.identity_kind, value)
 

@@ -1,0 +1,1 @@
+"""Web chat channel: the embeddable widget, the customer and agent sockets, sequence-numbered messages."""

@@ -1,0 +1,5 @@
+"""HTML pages of this channel."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

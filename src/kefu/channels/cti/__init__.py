@@ -1,0 +1,1 @@
+"""Phone channel: the provider-neutral CTI event API from the PBX, and IVR flows."""

@@ -1,0 +1,5 @@
+"""REST routes of this channel."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

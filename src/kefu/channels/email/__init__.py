@@ -1,0 +1,1 @@
+"""Email channel: SMTP receiver and IMAP polling in, threading, quarantine, loop protection, replies out."""

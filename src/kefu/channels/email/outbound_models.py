@@ -1,0 +1,1 @@
+"""Tables of outbound email (none yet)."""

@@ -1,0 +1,1 @@
+"""Webhook channels: generic signed inbound messages (SMS, social), outbound deliveries, web forms."""
