@@ -11,10 +11,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from kefu.core import (
-    idempotency,
-    mail,  # noqa: F401 - registers the mail job handlers
-)
 from kefu.channels import runtime as channels_runtime
 from kefu.channels.chat import api as chat_api
 from kefu.channels.chat import pages as chat_pages
@@ -26,6 +22,10 @@ from kefu.channels.ivr import api as ivr_api
 from kefu.channels.ivr import pages as ivr_pages
 from kefu.channels.webhooks import api as webhooks_api
 from kefu.channels.webhooks import pages as webhooks_pages
+from kefu.core import (
+    idempotency,
+    mail,  # noqa: F401 - registers the mail job handlers
+)
 from kefu.core.errors import install_error_handlers
 from kefu.core.events import make_bus
 from kefu.core.jobs import Worker
