@@ -43,6 +43,9 @@ class InboundContact:
     identity_kind: str | None = None  # kefu.customers.models.IdentityKind
     identity_value: str | None = None
     display_name: str | None = None  # for a customer created from this contact
+    # Further identities the contact gave (a pre-chat form's email and phone): the first one already
+    # known decides the customer; the unknown ones are added to that customer, unverified.
+    other_identities: list[tuple[str, str]] = field(default_factory=list)
     subject: str | None = None
     queue: str | None = None  # routing queue code; None: recorded, not routed
     priority: int = 0
@@ -122,16 +125,62 @@ async def case_for(db: AsyncSession, contact: InboundContact, customer_id: int |
     return await _open_case(db, contact, customer_id), True
 
 
+def _normalized(kind: str, value: str) -> str | None:
+    from kefu.core.errors import Invalid
+    from kefu.customers.identities import normalize_identity
+
+    try:
+        return normalize_identity(kind, value)
+    except Invalid:
+        return None
+
+
+async def _known_customer(db: AsyncSession, identities: list[tuple[str, str]]) -> int | None:
+    from kefu.customers import service as customers
+
+    for kind, value in identities:
+        customer = await customers.find_by_identity(db, kind, value)
+        if customer is not None:
+            return customer.id
+    return None
+
+
+async def _add_unknown_identities(db: AsyncSession, customer_id: int, identities: list[tuple[str, str]]) -> None:
+    from kefu.core.errors import Conflict
+    from kefu.customers import service as customers
+
+    for kind, value in identities:
+        try:
+            await customers.add_identity(db, CHANNEL_PRINCIPAL, customer_id, kind, value)
+        except Conflict:
+            # Someone else's: an unverified form entry never moves an identity; a person merges if needed.
+            continue
+
+
 async def receive_contact(db: AsyncSession, contact: InboundContact) -> IntakeResult:
     """Record an inbound contact in the caller's transaction. The same (channel, external_id) again
     returns the stored contact with ``created=False`` and changes nothing (channels retry)."""
+    others = [
+        (kind, normalized)
+        for kind, value in contact.other_identities
+        if value and (normalized := _normalized(kind, value)) is not None
+    ]
+    known_customer_id = None
+    if others:
+        primary = (
+            [(contact.identity_kind, contact.identity_value)]
+            if contact.identity_kind and contact.identity_value
+            else []
+        )
+        known_customer_id = await _known_customer(db, primary + others)
     new = interactions.NewInteraction(
         channel=contact.channel,
         direction=Direction.inbound,
         external_id=contact.external_id,
         identity_kind=contact.identity_kind if contact.identity_value else None,
         identity_value=contact.identity_value or None,
-        create_customer=bool(contact.identity_kind and contact.identity_value),
+        create_customer=known_customer_id is None and bool(contact.identity_kind and contact.identity_value),
+        customer_id=known_customer_id,
         queue=contact.queue,
         priority=contact.priority,
         subject=contact.subject[:300] if contact.subject else None,
@@ -143,6 +192,8 @@ async def receive_contact(db: AsyncSession, contact: InboundContact) -> IntakeRe
     interaction = view.interaction
     if not created:
         return IntakeResult(interaction, False, interaction.customer_id, interaction.work_order_id)
+    if others and interaction.customer_id is not None:
+        await _add_unknown_identities(db, interaction.customer_id, others)
     case, case_created = await case_for(db, contact, interaction.customer_id)
     if case is not None:
         await interactions.link_work_order(db, interaction.id, case.id)
