@@ -61,8 +61,8 @@ async def test_sql_candidate_order_is_the_policy_order(app, make) -> None:
             picked = await routing._candidate_agents(db, entry, info, now, routing.config())
             everyone = []
             for agent in agents:
-                state = await db.get(AgentState, agent.id, populate_existing=True)
-                everyone.append(await routing._agent_view_of(db, state))
+                _row, view = await routing._agent_with_facts(db, agent.id)
+                everyone.append(view)
             ranked = policy.rank_agents(
                 routing.contact_view(entry), info.rule, everyone, routing.config().rest, now.timestamp()
             )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, and_, bindparam, false, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, bindparam, false, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -608,6 +608,26 @@ _ROUTING_STATES = {"queued": InteractionState.queued, "offered": InteractionStat
 _routing_stamps: dict[tuple[str, bool], Any] = {}
 
 
+def routing_stamp_update(event: str, interaction_id: Any, at: Any, *, queue: Any = None) -> Any:
+    """The UPDATE behind ``routing_stamp`` for any id/time expressions: routing runs it on its own, or on
+    PostgreSQL inside its claim (a data-modifying CTE), so the stamp costs no round trip of its own."""
+    column = getattr(Interaction, EVENT_FIELDS[event])
+    values: dict[Any, Any] = {column: at, Interaction.state: literal(_ROUTING_STATES[event].value)}
+    if queue is not None:
+        values[Interaction.queue] = queue
+    return (
+        update(Interaction)
+        .where(
+            Interaction.id == interaction_id,
+            column.is_(None),
+            Interaction.answered_at.is_(None),
+            Interaction.abandoned_at.is_(None),
+            Interaction.ended_at.is_(None),
+        )
+        .values(values)
+    )
+
+
 async def routing_stamp(
     db: AsyncSession, interaction_id: int, event: str, at: datetime, *, queue: str | None = None
 ) -> bool:
@@ -617,26 +637,13 @@ async def routing_stamp(
     statement = _routing_stamps.get(key)
     if statement is None:
         # Built once per shape, with parameters named unlike any column (Core would add those to SET).
-        column = getattr(Interaction, EVENT_FIELDS[event])
-        values: dict[Any, Any] = {
-            column: bindparam("p_at", type_=UTCDateTime()),
-            Interaction.state: bindparam("p_state"),
-        }
-        if queue is not None:
-            values[Interaction.queue] = bindparam("p_queue")
-        statement = _routing_stamps[key] = (
-            update(Interaction)
-            .where(
-                Interaction.id == bindparam("p_id"),
-                column.is_(None),
-                Interaction.answered_at.is_(None),
-                Interaction.abandoned_at.is_(None),
-                Interaction.ended_at.is_(None),
-            )
-            .values(values)
-            .execution_options(synchronize_session=False)
-        )
-    params = {"p_id": interaction_id, "p_at": at, "p_state": _ROUTING_STATES[event]}
+        statement = _routing_stamps[key] = routing_stamp_update(
+            event,
+            bindparam("p_id"),
+            bindparam("p_at", type_=UTCDateTime()),
+            queue=bindparam("p_queue") if queue is not None else None,
+        ).execution_options(synchronize_session=False)
+    params: dict[str, Any] = {"p_id": interaction_id, "p_at": at}
     if queue is not None:
         params["p_queue"] = queue
     done = await db.execute(statement, params)

@@ -525,6 +525,34 @@ async def _last_agent_of(db: AsyncSession, customer_id: int | None, before: date
     )
 
 
+def _entry_insert_stamped(names: tuple[str, ...]) -> Any:
+    """PostgreSQL: insert a routing entry (columns ``names``, parameters ``p_<column>``) and stamp its
+    interaction queued."""
+    from kefu.interactions import service as interactions
+
+    entries = RoutingEntry.__table__
+    inserted = (
+        insert(entries)
+        .values({entries.c[name]: bindparam(f"p_{name}", type_=entries.c[name].type) for name in names})
+        .returning(entries.c.interaction_id)
+        .cte("inserted")
+    )
+    stamped = (
+        interactions.routing_stamp_update(
+            "queued",
+            select(inserted.c.interaction_id).scalar_subquery(),
+            bindparam("p_entered_at", type_=entries.c.entered_at.type),
+            queue=bindparam("p_queue"),
+        )
+        .returning(literal(1))
+        .cte("stamped")
+    )
+    return select(
+        select(func.count()).select_from(inserted).scalar_subquery(),
+        select(func.count()).select_from(stamped).scalar_subquery(),
+    )
+
+
 async def enqueue(
     db: AsyncSession,
     interaction_id: int,
@@ -579,10 +607,17 @@ async def enqueue(
         "offers_made": 0,
         "version": 0,
     }
-    # A constant INSERT executed with the row as parameters: built and compiled once.
-    await db.execute(_statement(("entry_insert",), lambda: insert(RoutingEntry.__table__)), values)
+    if db.bind.dialect.name == "postgresql":
+        # The entry and the interaction's "queued" stamp in one round trip (a data-modifying CTE).
+        params = {f"p_{name}": value for name, value in values.items()}
+        names = tuple(values)
+        statement = _statement(("entry_insert_stamped", names), lambda: _entry_insert_stamped(names))
+        await db.execute(statement, {**params, "p_queue": queue.code})
+    else:
+        # A constant INSERT executed with the row as parameters: built and compiled once.
+        await db.execute(_statement(("entry_insert",), lambda: insert(RoutingEntry.__table__)), values)
+        await interactions.routing_stamp(db, interaction_id, "queued", now, queue=queue.code)
     entry = EntryRow(**{name: values[name] for name in EntryRow.__slots__})  # type: ignore[attr-defined]
-    await interactions.routing_stamp(db, interaction_id, "queued", now, queue=queue.code)
     _entry_event(db, entry, "queued")
     result = EnqueueResult(entry, True)
     if queue.calendar_id is not None and queue.closed_action != MaxWaitAction.keep:
@@ -922,14 +957,32 @@ def _claim_parts(dialect: str, cls: str, rest: bool) -> tuple[Any, Any, Any]:
 
 def _claim_statement(cls: str, rest: bool) -> Any:
     """PostgreSQL: the three steps in one statement (data-modifying CTEs; each step runs only if the one
-    before it returned its row)."""
+    before it returned its row), and the interaction's first "offered" time stamped in the same round trip."""
+    from kefu.interactions import service as interactions
+
     taken, reserved, made_from = _claim_parts("postgresql", cls, rest)
     agents, offers = AgentState.__table__, Offer.__table__
     taken = taken.returning(RoutingEntry.__table__.c.interaction_id).cte("taken")
     reserved = reserved.where(select(taken.c.interaction_id).exists()).returning(agents.c.user_id).cte("reserved")
     made_from["agent_id"] = reserved.c.user_id
-    made = insert(offers).from_select(list(made_from), select(*made_from.values())).returning(offers.c.id).cte("made")
-    return select(select(func.count()).select_from(taken).scalar_subquery(), select(made.c.id).scalar_subquery())
+    made = (
+        insert(offers)
+        .from_select(list(made_from), select(*made_from.values()))
+        .returning(offers.c.id, offers.c.interaction_id)
+        .cte("made")
+    )
+    stamped = (
+        interactions.routing_stamp_update(
+            "offered", select(made.c.interaction_id).scalar_subquery(), made_from["offered_at"]
+        )
+        .returning(literal(1))
+        .cte("stamped")
+    )
+    return select(
+        select(func.count()).select_from(taken).scalar_subquery(),
+        select(made.c.id).scalar_subquery(),
+        select(func.count()).select_from(stamped).scalar_subquery(),
+    )
 
 
 def _claim_params(
@@ -982,7 +1035,8 @@ async def _claim(
 
     expires = now + timedelta(seconds=queue.offer_timeout_seconds)
     values = _offer_values(entry, agent_id, now, expires, level, sticky)
-    claim = _claim_in_one_statement if db.bind.dialect.name == "postgresql" else _claim_step_by_step
+    in_one_statement = db.bind.dialect.name == "postgresql"
+    claim = _claim_in_one_statement if in_one_statement else _claim_step_by_step
     taken, offer_id = await claim(db, entry, values, now, cfg)
     if not taken:
         return None, False
@@ -1012,7 +1066,8 @@ async def _claim(
         review_at=None,
         version=entry.version + 1,
     )
-    await interactions.routing_stamp(db, entry.interaction_id, "offered", now)
+    if not in_one_statement:
+        await interactions.routing_stamp(db, entry.interaction_id, "offered", now)
     publish_on_commit(
         db,
         Event(
@@ -1043,33 +1098,44 @@ def _seen(entry: RoutingEntry | EntryRow, **values: Any) -> None:
             setattr(entry, name, value)
 
 
-def _agent_facts_statement() -> Any:
-    uid = bindparam("user_id")
-    text_null = cast(null(), String)
-    return union_all(
-        select(literal("skill"), AgentSkill.skill_id, AgentSkill.proficiency, text_null).where(
-            AgentSkill.user_id == uid
+def _aggregated(dialect: str, expression: Any, where: Any) -> Any:
+    """A comma-separated list of ``expression`` over the rows matching ``where``, as a scalar subquery."""
+    joined = func.string_agg(expression, ",") if dialect == "postgresql" else func.group_concat(expression, ",")
+    return select(joined).where(where).scalar_subquery()
+
+
+def _agent_with_facts_statement(dialect: str) -> Any:
+    """The agent's routing row and, in the same round trip, their skills, languages and queues (as
+    "skill:proficiency", "language" and "queue" lists): decisions read nothing else about the agent."""
+    uid = AgentState.user_id
+    return select(
+        *AGENT_COLUMNS,
+        _aggregated(
+            dialect,
+            cast(AgentSkill.skill_id, String) + ":" + cast(AgentSkill.proficiency, String),
+            AgentSkill.user_id == uid,
         ),
-        select(literal("language"), literal(0), literal(0), AgentLanguage.language).where(AgentLanguage.user_id == uid),
-        select(literal("queue"), QueueMember.queue_id, literal(0), text_null).where(QueueMember.user_id == uid),
-    )
+        _aggregated(dialect, AgentLanguage.language, AgentLanguage.user_id == uid),
+        _aggregated(dialect, cast(QueueMember.queue_id, String), QueueMember.user_id == uid),
+    ).where(uid == bindparam("user_id"))
 
 
-async def _agent_view_of(db: AsyncSession, state: AgentState | Any) -> policy.AgentView:
-    """The agent as policy sees them: skills, languages and queues read in one statement."""
-    statement = _statement(("agent_facts",), _agent_facts_statement)
-    rows = await db.execute(statement, {"user_id": state.user_id})
-    skills: dict[int, int] = {}
-    languages: set[str] = set()
-    queues: set[int] = set()
-    for kind, number, level, text in rows:
-        if kind == "skill":
-            skills[number] = level
-        elif kind == "language":
-            languages.add(text)
-        else:
-            queues.add(number)
-    return _agent_view(state, skills, frozenset(languages), frozenset(queues))
+async def _agent_with_facts(db: AsyncSession, user_id: int) -> tuple[Any, policy.AgentView | None]:
+    """(the agent's routing row, the agent as policy sees them); (None, None) without a routing row."""
+    dialect = db.bind.dialect.name
+    statement = _statement(("agent_with_facts", dialect), lambda: _agent_with_facts_statement(dialect))
+    row = (await db.execute(statement, {"user_id": user_id})).first()
+    if row is None:
+        return None, None
+    skills_text, languages_text, queues_text = row[-3:]
+    skills = {}
+    for pair in (skills_text or "").split(","):
+        if pair:
+            skill_id, _, level = pair.partition(":")
+            skills[int(skill_id)] = int(level)
+    languages = frozenset(text for text in (languages_text or "").split(",") if text)
+    queues = frozenset(int(text) for text in (queues_text or "").split(",") if text)
+    return row, _agent_view(row, skills, languages, queues)
 
 
 def _waiting_statement(heads: int) -> Any:
@@ -1157,10 +1223,9 @@ async def route_agent(
     cfg = cfg or _config
     offers: list[OfferMade] = []
     skip: set[int] = set()
-    state = await _agent_row(db, user_id)
-    if state is None or state.presence not in policy.ROUTABLE:
+    state, agent = await _agent_with_facts(db, user_id)
+    if state is None or agent is None or state.presence not in policy.ROUTABLE:
         return offers
-    agent = await _agent_view_of(db, state)
     queues = await load_queues(db, agent.queues)
     rules = {q: i.rule for q, i in queues.items()}
     depth = CONTACTS_PER_QUEUE
