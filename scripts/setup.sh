@@ -18,6 +18,8 @@ if [[ $want_test == 1 ]] && ! command -v chromium >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# The email channel's IMAP tests run their own dovecot on loopback (Debian's dovecot-imapd).
+if [[ $want_test == 1 ]]; then bash scripts/dovecot.sh; fi
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "== creating .venv"

@@ -327,6 +327,11 @@ def bind_bus(session: AsyncSession, bus: EventBus) -> None:
     session.sync_session.info[_BUS] = bus
 
 
+def session_info_for(bus: EventBus | None) -> dict[str, Any]:
+    """The ``info`` a session factory gives each session so its events reach ``bus`` (none: dropped)."""
+    return {_BUS: bus} if bus is not None else {}
+
+
 def publish_on_commit(session: AsyncSession, event: Event) -> None:
     """Queue ``event``; it is published only if and after the session's outermost transaction commits.
 

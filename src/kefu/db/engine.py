@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -29,8 +30,12 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
 
 
-def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+def make_session_factory(engine: AsyncEngine, event_bus: Any = None) -> async_sessionmaker[AsyncSession]:
+    """Sessions for the app. With ``event_bus``, events queued with ``publish_on_commit`` in any session
+    (a request, the routing sweep, a mail poller, a chat socket) are published after its commit."""
+    from kefu.core.events import session_info_for
+
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=session_info_for(event_bus))
 
 
 @asynccontextmanager

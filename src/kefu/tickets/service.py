@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -580,14 +581,31 @@ async def _add_comment(
     return comment
 
 
+# Channels that carry public replies back to the customer (email, SMS...) listen here, so tickets never
+# imports a channel: (db, principal, work_order_id, comment), in the reply's own transaction.
+PublicReplyListener = Callable[[AsyncSession, Principal, int, WorkOrderComment], Awaitable[None]]
+_public_reply_listeners: list[PublicReplyListener] = []
+
+
+def on_public_reply(listener: PublicReplyListener) -> PublicReplyListener:
+    """Register ``listener`` for every public reply added through ``add_comment`` (idempotent)."""
+    if listener not in _public_reply_listeners:
+        _public_reply_listeners.append(listener)
+    return listener
+
+
 async def add_comment(
     db: AsyncSession, principal: Principal, work_order_id: int, body: str, *, internal: bool
 ) -> WorkOrderComment:
     """A public reply to the customer (``internal=False``) or an internal note. The first public reply
-    by staff stops the first-response clock."""
+    by staff stops the first-response clock; the channels listening (``on_public_reply``) deliver it."""
     work_order = await get_work_order(db, principal, work_order_id, for_update=True)
     _refuse_if_merged(work_order)
-    return await _add_comment(db, work_order, principal.user_id, body, internal=internal)
+    comment = await _add_comment(db, work_order, principal.user_id, body, internal=internal)
+    if not internal:
+        for listener in _public_reply_listeners:
+            await listener(db, principal, work_order.id, comment)
+    return comment
 
 
 async def list_comments(
