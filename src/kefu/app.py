@@ -19,6 +19,7 @@ from kefu.channels.cti import pages as cti_pages
 from kefu.channels.email import api as email_api
 from kefu.channels.email import pages as email_pages
 from kefu.channels.ivr import api as ivr_api
+from kefu.channels.ivr import engine as ivr_engine
 from kefu.channels.ivr import pages as ivr_pages
 from kefu.channels.webhooks import api as webhooks_api
 from kefu.channels.webhooks import pages as webhooks_pages
@@ -101,10 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(settings.resolved_database_url)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.session_factory = make_session_factory(engine)
     app.state.event_bus = make_bus(
         settings.event_backend, database_url=settings.resolved_database_url, redis_url=settings.redis_url
     )
+    # Every session publishes its events after commit: requests, the routing sweep, channel pollers.
+    app.state.session_factory = make_session_factory(engine, app.state.event_bus)
 
     app.state.kb_index = KnowledgeIndex(
         app.state.session_factory,
@@ -113,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         retrain_seconds=settings.kb_reranker_retrain_seconds,
     )
 
+    ivr_engine.use_knowledge_index(app.state.kb_index)  # IVR answers found by search use the same index
     install_error_handlers(app)
     idempotency.install(app)
     app.add_middleware(

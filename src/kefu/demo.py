@@ -70,7 +70,20 @@ async def load_demo(db: AsyncSession) -> list[str]:
         created.append(username)
     await load_service_desk_demo(db, teams)
     await load_routing_demo(db, teams, skills)
+    await load_channels_demo(db)
     return created
+
+
+async def load_channels_demo(db: AsyncSession) -> None:
+    """A support mailbox, an SMS and a WeChat channel, an IVR hotline (each idempotent)."""
+    from kefu.channels.email.demo import seed_demo as seed_email
+    from kefu.channels.ivr.demo import seed_demo as seed_ivr
+    from kefu.channels.webhooks.demo import load_webhooks_demo
+    from kefu.settings import get_settings
+
+    await seed_email(db)
+    await load_webhooks_demo(db)
+    await seed_ivr(db, get_settings())
 
 
 DEMO_CUSTOMERS = (

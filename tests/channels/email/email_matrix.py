@@ -35,7 +35,24 @@ async def prepare(app: Any, world: dict[str, Any]) -> dict[str, int]:
         db.add(mailbox)
         await db.flush()
         mailbox_id = mailbox.id
-    return {"email_mailbox_id": mailbox_id, "email_quarantine_id": await _quarantined(app, mailbox_id)}
+    return {
+        "email_mailbox_id": mailbox_id,
+        "email_quarantine_id": await _quarantined(app, mailbox_id),
+        "email_case_id": await _case_by_mail(app, mailbox_id),
+    }
+
+
+async def _case_by_mail(app: Any, mailbox_id: int) -> int:
+    """A case a customer opened by mail (an agent's reply goes back by mail)."""
+    async with app.state.session_factory() as db, db.begin():
+        mailbox = await db.get(Mailbox, mailbox_id)
+        raw = (
+            f"From: =?utf-8?b?5byg5LiJ?= <zhang.{uuid.uuid4().hex[:8]}@example.cn>\r\nTo: {mailbox.address}\r\n"
+            f"Subject: matrix case\r\nMessage-ID: <{uuid.uuid4().hex}@matrix.test>\r\n\r\nhello\r\n"
+        ).encode()
+        result = await ingest_raw_message(db, app.state.settings, mailbox, raw, source="test")
+    assert result.work_order_id is not None
+    return result.work_order_id
 
 
 async def _fresh_quarantine(app: Any, world: dict[str, Any], role: str) -> dict[str, int]:
@@ -70,6 +87,10 @@ EXAMPLES = {
     ("POST", A + "/quarantine/{quarantine_id}/discard"): lambda c: {
         "path": {"quarantine_id": c.ids["email_quarantine_id"]},
         "json": {"note": "矩阵丢弃"},
+    },
+    ("POST", A + "/work-orders/{work_order_id}/reply"): lambda c: {
+        "path": {"work_order_id": c.ids["email_case_id"]},
+        "json": {"body": "您好，问题已处理。"},
     },
     ("GET", "/email/mailboxes"): lambda c: {},
     ("GET", "/email/mailboxes/new"): lambda c: {},

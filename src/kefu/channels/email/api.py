@@ -20,6 +20,8 @@ from kefu.channels.email.schemas import (
     QuarantinePage,
     ReleaseIn,
     ReleaseOut,
+    ReplyIn,
+    ReplyOut,
 )
 from kefu.core import files
 from kefu.core.policy import Principal, authorize
@@ -174,3 +176,29 @@ async def discard_quarantine(
     async with db.begin():
         row = await service.discard(db, principal, quarantine_id, body.note)
     return quarantine_out(row)
+
+
+@router.post("/work-orders/{work_order_id}/reply", status_code=201)
+async def reply_by_mail(
+    request: Request,
+    work_order_id: IdParam,
+    body: ReplyIn,
+    db: Db,
+    principal: Principal = authorize("email_reply", "create"),
+) -> ReplyOut:
+    """Reply on a case by mail: the reply is also the work order's public comment, sent once."""
+    from kefu.channels.email import outbound
+
+    async with db.begin():
+        sent = await outbound.send_reply(
+            db,
+            request.app.state.settings,
+            principal,
+            work_order_id,
+            body.body,
+            mailbox=body.mailbox_id,
+            to=body.to,
+            cc=body.cc,
+            record_comment=True,
+        )
+    return ReplyOut(outbound_id=sent.id, message_id=sent.message_id, state=sent.state)

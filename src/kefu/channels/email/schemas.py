@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-from kefu.core.schemas import Email, RequestModel, ResponseModel, multi_line, single_line
+from kefu.core.schemas import DbId, Email, RequestModel, ResponseModel, multi_line, single_line
 
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 Line = Annotated[str, StringConstraints(max_length=255), AfterValidator(single_line)]
@@ -111,3 +111,18 @@ class ReleaseOut(ResponseModel):
     outcome: str
     email_message_id: int | None
     work_order_id: int | None
+
+
+class ReplyIn(RequestModel):
+    """An agent's reply on a case, sent as mail (threaded to the customer's latest mail on the case)."""
+
+    body: Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
+    to: list[Annotated[str, StringConstraints(max_length=254)]] | None = Field(default=None, max_length=20)
+    cc: list[Annotated[str, StringConstraints(max_length=254)]] | None = Field(default=None, max_length=20)
+    mailbox_id: DbId | None = None
+
+
+class ReplyOut(ResponseModel):
+    outbound_id: int
+    message_id: str
+    state: str
