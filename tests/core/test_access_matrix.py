@@ -474,7 +474,12 @@ for _module in DOMAIN_MODULES:
     PER_CELL.update(getattr(_module, "PER_CELL", {}))
 
 # The WebSocket route's cells are checked in tests/core/test_realtime.py against a live server.
-NOT_HTTP = {("WS", "/ws")}
+NOT_HTTP = {
+    ("WS", "/ws"),
+    # The chat sockets' cells are checked in tests/channels/chat/test_chat_sockets.py.
+    ("WS", "/chat/ws/{public_id}"),
+    ("WS", "/chat/agent/ws"),
+}
 
 
 def test_every_route_has_an_example() -> None:
