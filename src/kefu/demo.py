@@ -75,7 +75,8 @@ async def load_demo(db: AsyncSession) -> list[str]:
 
 
 async def load_channels_demo(db: AsyncSession) -> None:
-    """A support mailbox, an SMS and a WeChat channel, an IVR hotline (each idempotent)."""
+    """A support mailbox, an SMS and a WeChat channel, an IVR hotline, agents' extensions (each idempotent)."""
+    from kefu.channels.cti.demo import load_cti_demo
     from kefu.channels.email.demo import seed_demo as seed_email
     from kefu.channels.ivr.demo import seed_demo as seed_ivr
     from kefu.channels.webhooks.demo import load_webhooks_demo
@@ -84,6 +85,7 @@ async def load_channels_demo(db: AsyncSession) -> None:
     await seed_email(db)
     await load_webhooks_demo(db)
     await seed_ivr(db, get_settings())
+    await load_cti_demo(db, get_settings())
 
 
 DEMO_CUSTOMERS = (

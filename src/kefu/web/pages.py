@@ -75,6 +75,8 @@ NAV = (
     ("/kb/review", "Review queue", "article", "review"),
     ("/kb/board", "Updates", "announcement", "list"),
     ("/kb/feedback", "Feedback", "feedback", "list"),
+    ("/cti/calls", "Calls", "cti_call", "list"),
+    ("/cti/extensions", "Extensions", "cti_extension", "list"),
     ("/email/mailboxes", "Mailboxes", "email_mailbox", "list"),
     ("/email/quarantine", "Mail quarantine", "email_quarantine", "list"),
     ("/ivr/flows", "IVR flows", "ivr_flow", "list"),
