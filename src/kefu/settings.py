@@ -59,12 +59,96 @@ class Settings(BaseSettings):
     # An agent who lets this many offers in a row ring out is set to not ready (a break).
     routing_missed_offers_limit: int = 2
     # --- channels: email (owned by the email channel) ---
+    # Built-in SMTP receiver for inbound mail; port 0 turns it off.
+    email_smtp_host: str = "127.0.0.1"
+    email_smtp_port: int = 0
+    # Name announced in the SMTP greeting (empty: the host name).
+    email_smtp_hostname: str = ""
+    # Per-message limits: larger / more complex mails are quarantined (the SMTP receiver answers 552
+    # for a message over email_max_message_bytes).
+    email_max_message_bytes: int = 25 * 1024 * 1024
+    email_max_parts: int = 200
+    email_max_depth: int = 20
+    email_max_attachment_bytes: int = 20 * 1024 * 1024
+    # Largest text kept from one mail body (characters); the raw source always keeps everything.
+    email_max_body_chars: int = 200_000
+    # transport
+    # IMAP polling: seconds before a silent server is given up on; most mails filed per mailbox and poll.
+    email_imap_timeout_seconds: int = 30
+    email_imap_batch_size: int = 200
+    # After filing, move polled mails to this folder (created when missing); empty: only mark them \Seen.
+    email_imap_processed_folder: str = ""
+    # A mailbox whose server fails is tried again after poll_seconds, doubling up to this.
+    email_imap_max_backoff_seconds: int = 900
+    # One poller per mailbox across processes: a lease of this long, renewed while it polls.
+    email_imap_lease_seconds: int = 300
+    # Acknowledge a customer's new mail automatically (at most once per sender, thread and day).
+    email_auto_ack: bool = True
+    # Attempts to send one outbound mail before it is marked failed (backoff 10 s, 20 s, 40 s ... 1 h).
+    email_send_max_attempts: int = 10
+    # Message ids kept in the References header of a reply (the first one and the most recent ones).
+    email_references_max: int = 20
     # --- end email ---
     # --- channels: chat ---
+    # Widget key -> routing queue code, as JSON ({"default": "cn-chat", "vip": "cn-chat-vip"}).
+    chat_widgets: dict[str, str] = Field(default_factory=lambda: {"default": "cn-chat"})
+    # Pre-chat form fields the visitor must fill: name, email, phone, contact (email or phone), question.
+    chat_required_fields: list[str] = Field(default_factory=lambda: ["name", "contact", "question"])
+    # Pages allowed to embed the widget (scheme://host[:port]); empty means base_url only.
+    chat_allowed_origins: list[str] = Field(default_factory=list)
+    # Longest chat message in characters; largest attachment in bytes.
+    chat_message_max_chars: int = 4000
+    chat_attachment_max_bytes: int = 5 * 1024 * 1024
+    # A chat waiting this long becomes a work order (0: only the queue's own maximum-wait rule applies).
+    chat_max_wait_seconds: int = 600
+    # An agent whose chat connection is gone this long loses the chat: it goes back to the head of its queue.
+    chat_agent_grace_seconds: int = 60
+    # How often an agent's chat socket proves the agent is there; how often the chat sweep runs.
+    chat_heartbeat_seconds: int = 10
+    chat_sweep_seconds: int = 5
+    # Sockets re-read the database this often even without events (a missed event never loses a message);
+    # queue position is pushed to a waiting visitor this often (and whenever routing changes something).
+    chat_poll_seconds: float = 2.0
+    chat_position_seconds: float = 5.0
     # --- end chat ---
     # --- channels: cti/ivr ---
+    # Signing secret of the PBX named "default" (header X-Kefu-Pbx absent or "default"); more PBXs, each
+    # with its own secret, are added through /api/v1/cti/pbxs. Empty: only those.
+    cti_secret: str = Field(default="", repr=False)
+    # Signed requests older or newer than this are refused (replay protection).
+    cti_max_skew_seconds: int = 300
+    # Events past a gap in a call's sequence wait this long for the missing ones, then apply anyway.
+    cti_gap_seconds: int = 10
+    # Run kefu's IVR for new inbound calls (off: the PBX runs its own and sends "queued").
+    cti_ivr: bool = True
+    # The routing queue for calls when the IVR has no flow (empty: the PBX decides).
+    cti_default_queue: str = ""
+    # ivr
+    # Largest IVR flow source (bytes, YAML or JSON) and most nodes one flow may have.
+    ivr_flow_max_bytes: int = 64 * 1024
+    ivr_flow_max_nodes: int = 500
+    # Longest knowledge answer an IVR "answer" node reads out (characters, cut at a sentence end).
+    ivr_answer_max_chars: int = 500
+    # Steps one call may take through a flow before it is ended (a safety net against loops).
+    ivr_max_steps_per_call: int = 200
+    # end ivr
     # --- end cti/ivr ---
     # --- channels: webhooks ---
+    # Inbound webhook signatures whose timestamp is further than this from now are refused (replays).
+    webhooks_signature_tolerance_seconds: int = 300
+    # Most messages one inbound request may carry.
+    webhooks_max_batch: int = 100
+    # Outbound deliveries: attempts before one is dead, the first retry delay (doubling each time,
+    # capped at an hour) and the HTTP timeout of one attempt.
+    webhooks_max_attempts: int = 8
+    webhooks_retry_base_seconds: int = 10
+    webhooks_timeout_seconds: float = 10.0
+    # Help-centre contact form: submissions per client address per window, the largest attachment,
+    # and the routing queue its cases go to (empty: recorded on the case, not routed).
+    webhooks_form_rate_limit: int = 10
+    webhooks_form_rate_window_seconds: int = 600
+    webhooks_form_attachment_max_bytes: int = 1024 * 1024
+    webhooks_form_queue: str = ""
     # --- end webhooks ---
     log_level: str = "INFO"
     log_json: bool = True
