@@ -16,8 +16,9 @@ from sqlalchemy import func, select
 from webhooks_support import SECRET, body_of, make_channel, message, post_signed, sign
 
 from kefu.channels.intake import CHANNEL_PRINCIPAL
-from kefu.channels.webhooks import service, signing
+from kefu.channels.webhooks import service
 from kefu.channels.webhooks.models import WebhookMessage
+from kefu.core import signing
 from kefu.interactions.models import Interaction
 from kefu.tickets import service as tickets
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kefu.channels.webhooks import service, signing
+from kefu.channels.webhooks import service
 from kefu.channels.webhooks.models import WebhookChannel
 from kefu.channels.webhooks.schemas import (
     ChannelCreate,
@@ -25,6 +25,7 @@ from kefu.channels.webhooks.schemas import (
     WebFormIn,
     WebFormOut,
 )
+from kefu.core import signing
 from kefu.core.errors import ApiError, Invalid
 from kefu.core.policy import Principal, authorize
 from kefu.core.schemas import IdParam, IdQuery

@@ -49,7 +49,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from kefu.channels import intake
-from kefu.channels.webhooks import signing
 from kefu.channels.webhooks.models import (
     ChannelKind,
     DeliveryStatus,
@@ -67,7 +66,7 @@ from kefu.channels.webhooks.schemas import (
     SubscriptionCreate,
     WebFormIn,
 )
-from kefu.core import audit, jobs
+from kefu.core import audit, jobs, signing
 from kefu.core import events as core_events
 from kefu.core.errors import ApiError, Conflict, Invalid, NotFound
 from kefu.core.policy import Principal

@@ -1,4 +1,4 @@
-"""HMAC-SHA256 signatures of webhook bodies: one implementation for inbound checks and outbound signing.
+"""HMAC-SHA256 request signatures: one implementation for inbound webhooks, CTI events and outbound deliveries.
 
 The signed text is ``f"{timestamp}.".encode() + raw_body``; the signature travels as
 ``X-Kefu-Signature: sha256=<hex>`` next to ``X-Kefu-Timestamp: <unix seconds>``. The timestamp is part
