@@ -349,6 +349,12 @@ def publish_on_commit(session: AsyncSession, event: Event) -> None:
     sync_session.info.setdefault(_PENDING, []).append((event, tuple(savepoints)))
 
 
+def queued_events(sync_session: Session) -> list[Event]:
+    """The events ``publish_on_commit`` queued in this session's transaction so far (for a
+    ``before_commit`` hook that turns some of them into rows of the same transaction)."""
+    return [event for event, _savepoints in sync_session.info.get(_PENDING, [])]
+
+
 @sa_event.listens_for(Session, "after_commit")
 def _publish_pending(sync_session: Session) -> None:
     if sync_session.get_nested_transaction() is not None:

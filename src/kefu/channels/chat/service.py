@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kefu.channels import intake
@@ -405,6 +405,38 @@ async def messages_after(
     return [(m, a) for m, a in rows]
 
 
+async def messages_after_many(
+    db: AsyncSession, after: dict[int, int], *, limit: int = READ_BATCH
+) -> list[tuple[ChatMessage, ChatAttachment | None]]:
+    """The messages of several chats, each after its own number (``{conversation id: seq}``), in one query;
+    ordered by chat, then number."""
+    if not after:
+        return []
+    if len(after) == 1:
+        ((conversation_id, after_seq),) = after.items()
+        return await messages_after(db, conversation_id, after_seq, limit=limit)
+    rows = await db.execute(
+        select(ChatMessage, ChatAttachment)
+        .outerjoin(ChatAttachment, ChatAttachment.id == ChatMessage.attachment_id)
+        .where(or_(*(and_(ChatMessage.conversation_id == c, ChatMessage.seq > s) for c, s in after.items())))
+        .order_by(ChatMessage.conversation_id, ChatMessage.seq)
+        .limit(limit)
+    )
+    return [(m, a) for m, a in rows]
+
+
+async def last_seqs(db: AsyncSession, conversation_ids: list[int]) -> dict[int, tuple[int, str]]:
+    """``{conversation id: (last seq, status)}`` of the chats named, in one query."""
+    if not conversation_ids:
+        return {}
+    rows = await db.execute(
+        select(ChatConversation.id, ChatConversation.last_seq, ChatConversation.status).where(
+            ChatConversation.id.in_(conversation_ids)
+        )
+    )
+    return {conv_id: (last_seq, status) for conv_id, last_seq, status in rows}
+
+
 def message_dict(message: ChatMessage, attachment: ChatAttachment | None) -> dict[str, Any]:
     return {
         "seq": message.seq,
@@ -501,6 +533,18 @@ def typing_event(conv: ChatConversation, who: str, on: bool) -> Event:
 
 # --- state changes ---------------------------------------------------------------------------------
 async def _lock(db: AsyncSession, conversation_id: int) -> ChatConversation | None:
+    """The conversation, locked until commit: concurrent state changes of one chat go one after the other
+    (two sockets syncing the same accepted chat must not both announce the agent)."""
+    if db.bind.dialect.name == "sqlite":
+        # SQLite has no row locks and pysqlite begins a transaction only before a write: a no-op write
+        # takes the database's write lock now, so the read below sees the last committed state and no
+        # other writer gets in before this transaction ends (what FOR UPDATE does on PostgreSQL).
+        await db.execute(
+            update(ChatConversation)
+            .where(ChatConversation.id == conversation_id)
+            .values(last_seq=ChatConversation.last_seq)
+            .execution_options(synchronize_session=False)
+        )
     return await db.scalar(
         select(ChatConversation)
         .where(ChatConversation.id == conversation_id)

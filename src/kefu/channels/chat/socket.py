@@ -2,9 +2,11 @@
 (``/chat/agent/ws``, the signed-in desk).
 
 Delivery is by sequence number, never by event: a socket remembers the last number it sent per chat and
-re-reads ``seq > N`` from the database whenever the bus says something happened (or, when all is quiet,
-every ``chat_poll_seconds``), so a reconnecting client that says ``{"type": "resume", "after_seq": N}``
-gets exactly what it misses, in order, and a lost bus event delays a message but never loses it.
+reads ``seq > N`` from the database, so a reconnecting client that says ``{"type": "resume", "after_seq":
+N}`` gets exactly what it misses, in order. An event names the chat and the number it stored; the socket
+reads only that chat, and only when the number is past what it sent (one query, however many chats an
+agent holds). When all is quiet for ``chat_poll_seconds`` it checks every chat it holds against its
+``last_seq`` in one query, so a lost bus event delays a message but never loses it.
 
 Visitor protocol (JSON text frames):
   client -> {"type": "resume", "after_seq": N} | {"type": "message", "client_msg_id", "text"}
@@ -80,6 +82,8 @@ class ChatSocket:
         self.send_lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.cursors: dict[int, int] = {}  # conversation id -> last seq sent
+        self.public_ids: dict[int, str] = {}  # conversation id -> public id (what frames name)
+        self.due: set[int] = set()  # conversations with (perhaps) something past their cursor
         self.last_event = 0.0
         self.last_sent = time.monotonic()
 
@@ -96,31 +100,66 @@ class ChatSocket:
         self.last_event = time.monotonic()
         self.wake.set()
 
-    async def deliver(self, conversation_id: int, public_id: str) -> None:
-        """Send every stored message after the cursor, in order."""
-        after = self.cursors.get(conversation_id)
-        if after is None:
+    def stored(self, conversation_id: int, seq: Any) -> None:
+        """An event says message ``seq`` of the chat is stored: read the chat unless it was sent already."""
+        sent = self.cursors.get(conversation_id)
+        if sent is None:
+            return  # the client has not resumed this chat yet: its resume reads it
+        if isinstance(seq, int) and seq <= sent:
+            return  # already delivered (a read for an earlier event found it)
+        self.due.add(conversation_id)
+        self.poke()
+
+    async def deliver_due(self) -> None:
+        """Send every stored message after the cursor of each due chat, in order: one query for all of them
+        (more only when a chat has more than a batch to catch up)."""
+        if not self.due:
             return
+        due, self.due = self.due, set()
         async with self.app.state.session_factory() as db:
-            while True:
-                batch = await service.messages_after(db, conversation_id, after)
+            after = {c: self.cursors[c] for c in due if c in self.cursors}
+            while after:
+                batch = await service.messages_after_many(db, after)
                 for message, attachment in batch:
+                    conversation_id = message.conversation_id
+                    public_id = self.public_ids.get(conversation_id)
+                    if public_id is None:
+                        continue
                     await self.send(
                         {"type": "message", "conversation": public_id, **service.message_dict(message, attachment)}
                     )
-                    after = message.seq
-                    self.cursors[conversation_id] = after
+                    self.cursors[conversation_id] = message.seq
                 if len(batch) < service.READ_BATCH:
                     break
+                # A full batch: the chats in it may have more (the rest start where they stopped).
+                after = {c: self.cursors[c] for c in {m.conversation_id for m, _ in batch} if c in self.cursors}
 
-    async def wait(self) -> None:
-        """Until something happened or it is time to look anyway (quiet since ``chat_poll_seconds``)."""
+    async def find_behind(self) -> dict[int, tuple[int, str]]:
+        """Every chat whose last number is past what was sent becomes due (one query for all); returns
+        ``{conversation id: (last seq, status)}``."""
+        watched = list(self.cursors)
+        if not watched:
+            return {}
+        async with self.app.state.session_factory() as db:
+            last = await service.last_seqs(db, watched)
+        for conversation_id, (last_seq, _status) in last.items():
+            if last_seq > self.cursors.get(conversation_id, last_seq):
+                self.due.add(conversation_id)
+        return last
+
+    async def wait(self) -> bool:
+        """Until something happened or it is time to look anyway (quiet since ``chat_poll_seconds``);
+        True when it was quiet."""
         timeout = max(0.05, float(self.settings.chat_poll_seconds))
-        with contextlib.suppress(TimeoutError):
+        quiet = False
+        try:
             await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+        except TimeoutError:
+            quiet = True
         self.wake.clear()
         if time.monotonic() - self.last_sent > PING_SECONDS:
             await self.send({"type": "ping"})
+        return quiet
 
     async def frames(self) -> Any:
         """The client's frames as dicts; refuses oversize or malformed ones with an error frame."""
@@ -167,6 +206,7 @@ class VisitorSocket(ChatSocket):
         super().__init__(websocket)
         self.conv_id = conv.id
         self.public_id = conv.public_id
+        self.public_ids[conv.id] = conv.public_id
         self.interaction_id = conv.interaction_id
         self.agent_id = conv.agent_id
         self.status = conv.status
@@ -187,9 +227,11 @@ class VisitorSocket(ChatSocket):
                 if event.type == service.TYPING_EVENT:
                     if data.get("from") == "agent":
                         await self.send({"type": "typing", "from": "agent", "on": bool(data.get("on"))})
-                else:
-                    if event.type == service.STATE_EVENT:
-                        self.need_sync = True
+                elif event.type == service.MESSAGE_EVENT:
+                    self.stored(self.conv_id, data.get("seq"))
+                elif event.type == service.STATE_EVENT:
+                    self.need_sync = True
+                    self.due.add(self.conv_id)  # the closing note, the agent's greeting
                     self.poke()
 
     async def refresh_state(self) -> None:
@@ -219,9 +261,10 @@ class VisitorSocket(ChatSocket):
 
     async def pump(self) -> None:
         while True:
-            await self.deliver(self.conv_id, self.public_id)
+            await self.deliver_due()
             await self.refresh_state()
-            await self.wait()
+            if await self.wait() and self.conv_id in self.cursors:
+                self.due.add(self.conv_id)  # quiet: look anyway (a lost event delays, never loses)
 
     async def receive(self) -> None:
         async for frame in self.frames():
@@ -232,6 +275,7 @@ class VisitorSocket(ChatSocket):
                     await self.error("invalid", "after_seq must be a whole number >= 0", field="after_seq")
                     continue
                 self.cursors[self.conv_id] = after
+                self.due.add(self.conv_id)
                 self.need_sync = True
                 self.poke()
             elif kind == "message":
@@ -353,9 +397,10 @@ class AgentSocket(ChatSocket):
                                 "reason": data.get("reason"),
                             }
                         )
+                        self.due.add(self.chats[public_id])  # the closing (or greeting) note
                     self.poke()
             elif event.type == service.MESSAGE_EVENT and mine:
-                self.poke()
+                self.stored(self.chats[public_id], data.get("seq"))
 
     async def refresh_list(self) -> None:
         if self.sync_interactions:
@@ -388,16 +433,34 @@ class AgentSocket(ChatSocket):
         # Chats that left stay delivered until their last message (the closing note) is out.
         for c in convs:
             self.chats[c.public_id] = c.id
+            self.public_ids[c.id] = c.public_id
         if items != self.listed:
             self.listed = items
             await self.send({"type": "conversations", "items": items})
 
     async def pump(self) -> None:
+        behind = False
         while True:
             await self.refresh_list()
-            for public_id, conv_id in list(self.chats.items()):
-                await self.deliver(conv_id, public_id)
-            await self.wait()
+            if behind:
+                self.forget_done(await self.find_behind())
+            await self.deliver_due()
+            behind = await self.wait()
+
+    def forget_done(self, last: dict[int, tuple[int, str]]) -> None:
+        """Chats that ended and whose every message is out are no longer watched."""
+        listed = {item["id"] for item in self.listed or ()}
+        for conversation_id, (last_seq, status) in last.items():
+            if (
+                status == ConversationStatus.closed
+                and conversation_id not in listed
+                and conversation_id not in self.due
+                and self.cursors.get(conversation_id, 0) >= last_seq
+            ):
+                self.cursors.pop(conversation_id, None)
+                public_id = self.public_ids.pop(conversation_id, None)
+                if public_id is not None:
+                    self.chats.pop(public_id, None)
 
     async def heartbeat(self) -> None:
         while True:
@@ -423,6 +486,7 @@ class AgentSocket(ChatSocket):
                         )
                         continue
                     self.cursors[conv_id] = seq
+                    self.due.add(conv_id)
                 self.poke()
             elif kind == "typing":
                 public_id = frame.get("conversation")

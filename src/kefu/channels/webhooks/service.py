@@ -13,7 +13,7 @@ delivery leaves; lists order messages by ``(sent_at, message_id)`` and number th
 Outbound: events (see ``EVENT_TYPES``) are posted to the subscriptions that want them, and agents'
 public replies on a case that came in over a channel with an ``outbound_url`` are posted there. Each
 post is a ``WebhookDelivery`` attempted by durable jobs (``kefu.core.jobs``), enqueued in the same
-transaction as the change, signed like inbound requests (``signing.py``), retried with backoff on
+transaction as the change, signed like inbound requests (``kefu.core.signing``), retried with backoff on
 network errors, 408/425/429 and 5xx, dead after ``KEFU_WEBHOOKS_MAX_ATTEMPTS``; other 4xx answers are
 final. ``X-Kefu-Delivery-Id`` is the same on every attempt, so receivers can drop repeats.
 
@@ -710,10 +710,7 @@ def _bridge_events(session: Session) -> None:
     may want become deliveries in that same transaction: both land, or neither does."""
     if session.get_nested_transaction() is not None:
         return  # a savepoint is released: the real commit comes later
-    pending = session.info.get(core_events._PENDING)
-    if not pending:
-        return
-    wanted = [event for event, _savepoints in pending if event.type in BRIDGED_EVENTS]
+    wanted = [event for event in core_events.queued_events(session) if event.type in BRIDGED_EVENTS]
     if wanted:
         _bridge(session, wanted)
 

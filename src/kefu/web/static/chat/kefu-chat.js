@@ -28,6 +28,7 @@
   var typingSentAt = 0;
   var remoteTypingTimer = null;
   var closed = false;
+  var shownSeq = 0; // the last message number shown in this page (a reload starts from 0: the whole chat)
 
   function load() {
     try { return JSON.parse(localStorage.getItem(STORE) || "null"); } catch (e) { return null; }
@@ -132,6 +133,8 @@
   function toggle(open) {
     panel.hidden = !open;
     launcher.setAttribute("aria-expanded", open ? "true" : "false");
+    // A chat in progress keeps its panel open across page loads.
+    if (saved && saved.public_id && !!saved.open !== !!open) { saved.open = !!open; save(); }
     if (open) {
       var focus = root.querySelector("textarea, input");
       if (focus) focus.focus();
@@ -191,7 +194,7 @@
       submit.disabled = true;
       api("POST", "/api/v1/chat/visitor/conversations", values)
         .then(function (started) {
-          saved = { public_id: started.public_id, token: started.token, last_seq: 0, email: values.email || "" };
+          saved = { public_id: started.public_id, token: started.token, email: values.email || "", open: true };
           save();
           showChat();
           connect();
@@ -214,6 +217,8 @@
     body.textContent = "";
     log = el("ol", { class: "log", "aria-live": "polite" });
     body.appendChild(log);
+    shownSeq = 0;
+    closed = false;
     if (!panel.contains(statusLine)) {
       panel.appendChild(typingLine);
       panel.appendChild(statusLine);
@@ -277,20 +282,25 @@
   }
 
   function onMessage(message) {
-    if (!saved || message.seq <= saved.last_seq) return; // already shown: never twice
+    if (!saved || !log || message.seq <= shownSeq) return; // already shown: never twice
     var mine = message.client_msg_id && pending[message.client_msg_id];
     if (mine) {
       mine.el.remove();
       delete pending[message.client_msg_id];
     }
     log.appendChild(render(message));
-    saved.last_seq = message.seq;
-    save();
+    shownSeq = message.seq;
     if (message.sender === "agent") typingLine.textContent = "";
     body.scrollTop = body.scrollHeight;
   }
 
   function showState(state) {
+    panel.setAttribute("data-status", state.status || "");
+    if (state.status === "waiting" && state.position && !state.ringing) {
+      statusLine.setAttribute("data-position", String(state.position));
+    } else {
+      statusLine.removeAttribute("data-position");
+    }
     if (state.status === "closed") {
       setClosed();
       return;
@@ -379,7 +389,7 @@
     socket = ws;
     ws.onopen = function () {
       backoff = 500;
-      ws.send(JSON.stringify({ type: "resume", after_seq: saved.last_seq || 0 }));
+      ws.send(JSON.stringify({ type: "resume", after_seq: shownSeq }));
       // Anything typed while offline goes now; the server stores each client id once.
       Object.keys(pending).forEach(sendPending);
     };
@@ -422,7 +432,13 @@
         title.textContent = t("title");
         closeButton.setAttribute("aria-label", t("close"));
         document.body.appendChild(host);
-        if (saved && saved.public_id) { showChat(); connect(); } else { showPrechat(); }
+        if (saved && saved.public_id) {
+          showChat();
+          connect();
+          if (saved.open) toggle(true);
+        } else {
+          showPrechat();
+        }
       })
       .catch(function () { /* no widget configured: show nothing */ });
   }

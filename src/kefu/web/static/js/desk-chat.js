@@ -76,16 +76,17 @@
 
   function ensure(item) {
     var chat = chats[item.public_id];
-    if (!chat) {
+    var isNew = !chat;
+    if (isNew) {
       chat = chats[item.public_id] = { public_id: item.public_id, last_seq: 0, messages: [], unread: 0, closed: false };
       chat.tab = el("button", "");
       chat.tab.type = "button";
       chat.tab.setAttribute("role", "tab");
+      chat.tab.setAttribute("aria-selected", "false");
+      chat.tab.setAttribute("aria-controls", "desk-chat-panel");
       chat.tab.setAttribute("data-chat", item.public_id);
       chat.tab.addEventListener("click", function () { select(item.public_id, true); });
       tabs.appendChild(chat.tab);
-      if (!active) select(item.public_id, false);
-      toast(box.dataset.msgNew + ": " + (item.visitor_name || ""));
     }
     chat.id = item.id;
     chat.interaction_id = item.interaction_id;
@@ -94,6 +95,13 @@
     chat.closed = item.status === "closed";
     tabLabel(chat);
     box.hidden = false;
+    if (isNew) {
+      // The first chat, or one taking the place of a chat that ended, is chosen at once.
+      if (!active || !chats[active] || chats[active].closed) select(item.public_id, false);
+      toast(box.dataset.msgNew + ": " + (item.visitor_name || ""));
+    } else if (active === item.public_id) {
+      setEnabled(!chat.closed);
+    }
     return chat;
   }
 
