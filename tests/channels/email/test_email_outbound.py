@@ -284,10 +284,10 @@ async def test_a_public_comment_on_an_email_case_goes_out_once(app, make, smtp, 
     first = await case_with_mail(app, mailbox)
     agent = await _agent(make)
     outbound.configure(mail_settings)
-    # What the one-line hook in tickets.service.add_comment does.
+    # add_comment calls the hook (tickets.on_public_reply): the reply is queued as a mail, once.
     async with app.state.session_factory() as db, db.begin():
         comment = await tickets.add_comment(db, agent, first.work_order_id, "已处理。", internal=False)
-        queued = await outbound.on_public_comment(db, agent, first.work_order_id, comment)
+        queued = await db.scalar(select(OutboundMail).where(OutboundMail.comment_id == comment.id))
         again = await outbound.on_public_comment(db, agent, first.work_order_id, comment)
         note = await tickets.add_comment(db, agent, first.work_order_id, "内部备注", internal=True)
         assert await outbound.on_public_comment(db, agent, first.work_order_id, note) is None
