@@ -474,10 +474,11 @@ def synthetic_external_id(article: Article) -> str:
 
 
 def _same_content(version: ArticleVersion, content: Content) -> bool:
-    # Compared the way the service stores content, so an unchanged record is recognised as such.
+    # Compared the way the service stores content, so an unchanged record is recognised as such. Trailing
+    # whitespace of a Markdown body means nothing (and a Markdown file's body loses its final newline).
     return (
         version.title == " ".join(content.title.split())
-        and version.body_markdown == content.body_markdown
+        and version.body_markdown.rstrip() == content.body_markdown.rstrip()
         and list(version.similar_questions) == service._normalized_list(content.similar_questions, 200)
         and list(version.tags) == service._normalized_list(content.tags, 50)
         and dict(version.case_fields) == {k: v for k, v in content.case_fields.items() if v}
