@@ -12,7 +12,7 @@ Measured: ``--rounds`` rounds; in each, every visitor sends one message on its s
 agent's socket has it, the agent answers through ``POST /api/v1/chat/conversations/{id}/messages``; the
 round ends when every visitor has its answer. Latency is sent -> received by the other side's socket (both
 directions, wall clock, one machine). Prints one JSON document: messages/s (both directions together),
-p50/p95/max latency per direction, and the set-up.
+p50/p95/max latency per direction, the machine's load average when the rounds began, and the set-up.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -202,6 +203,7 @@ async def run(database_url: str, data_dir: Path, args: argparse.Namespace) -> di
             await asyncio.sleep(1.0)  # every socket has resumed
 
             # --- the measured rounds -----------------------------------------------------------------
+            load = os.getloadavg()[0]  # the machine may be shared: a busy one stretches every latency
             started = time.perf_counter()
             for _ in range(args.rounds):
                 for event in answered.values():
@@ -239,6 +241,7 @@ async def run(database_url: str, data_dir: Path, args: argparse.Namespace) -> di
         "messages": messages,
         "seconds": round(elapsed, 2),
         "messages_per_second": round(messages / elapsed, 1),
+        "load_average_1m_before": round(load, 2),
         "visitor_to_agent": stats(to_agent_ms),
         "agent_to_visitor": stats(to_visitor_ms),
     }

@@ -31,6 +31,7 @@ from kefu.channels.chat.schemas import (
     WidgetKey,
     WidgetOut,
 )
+from kefu.channels.chat.service import _
 from kefu.core import files
 from kefu.core.errors import ApiError, Invalid
 from kefu.core.events import bind_bus
@@ -48,30 +49,31 @@ CLIENT_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 # The widget's words, translated on the server from the message catalogue (the widget has no catalogue).
 WIDGET_LABELS = {
-    "launcher": "Chat with us",
-    "title": "Online service",
-    "name": "Your name",
-    "email": "Email",
-    "phone": "Phone",
-    "question": "Your question",
-    "start": "Start chat",
-    "send": "Send",
-    "placeholder": "Type a message",
-    "attach": "Send a file",
-    "typing": "Typing…",
-    "position": "You are number %(position)s in the queue.",
-    "expected": "Expected wait: about %(minutes)s min.",
-    "ringing": "An agent is about to answer.",
-    "transcript": "Email me the transcript",
-    "transcript_sent": "The transcript is on its way.",
-    "end": "End chat",
-    "closed": "This chat has ended.",
-    "reconnecting": "Reconnecting…",
-    "required": "Please fill in the required fields.",
-    "contact": "Email or phone",
-    "failed": "Not sent. Try again.",
-    "close": "Close",
-    "you": "You",
+    "launcher": _("Chat with us"),
+    "title": _("Online service"),
+    "name": _("Your name"),
+    "email": _("Email"),
+    "phone": _("Phone"),
+    "question": _("Your question"),
+    "start": _("Start chat"),
+    "send": _("Send"),
+    "placeholder": _("Type a message"),
+    "attach": _("Send a file"),
+    "typing": _("Typing…"),
+    "position": _("You are number %(position)s in the queue."),
+    "expected": _("Expected wait: about %(minutes)s min."),
+    "ringing": _("An agent is about to answer."),
+    "transcript": _("Email me the transcript"),
+    "transcript_sent": _("The transcript is on its way."),
+    "end": _("End chat"),
+    "closed": _("This chat has ended."),
+    "reconnecting": _("Reconnecting…"),
+    "required": _("Please fill in the required fields."),
+    "contact": _("Email or phone"),
+    "failed": _("Not sent. Try again."),
+    "close": _("Close"),
+    "you": _("You"),
+    "new_chat": _("Start a new chat"),
 }
 
 

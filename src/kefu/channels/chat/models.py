@@ -6,8 +6,9 @@ The rules that make delivery exact live in the shape of these tables:
   the writer commits, so numbers are handed out and become visible in order, with no gaps.
 - ``(conversation_id, seq)`` is unique, and so is ``(conversation_id, client_msg_id)``: a client re-sending
   a message after a reconnect stores it once.
-- A socket remembers the last number it delivered and re-reads ``seq > N`` from the database; an event
-  on the bus only says "look now", so a lost event delays a message but never loses it.
+- A socket remembers the last number it delivered and reads ``seq > N`` from the database when an event
+  names a number past it (a short message rides whole in its event: when it is exactly the next number it
+  is sent without a read); a lost event delays a message but never loses it.
 """
 
 from __future__ import annotations

@@ -110,3 +110,6 @@ async def stop(app: Any) -> None:
     sweeper = getattr(app.state, "chat_sweeper", None)
     if sweeper is not None:
         await sweeper.stop()
+    hub = getattr(app.state, "chat_hub", None)
+    if hub is not None:
+        await hub.stop()

@@ -14,7 +14,9 @@ An active chat whose agent's connection is gone longer than the grace period goe
 its queue (``requeue_stale``); the visitor is told.
 
 Every function takes the caller's session and writes in the caller's transaction. Events go out on
-commit; they only say "look now": the sockets re-read the database by sequence number.
+commit; a message event names the chat and the number stored (a short message rides along whole), and
+the sockets deliver by sequence number: the next number from the event, anything else read from the
+database (socket.py).
 """
 
 from __future__ import annotations
@@ -45,31 +47,40 @@ from kefu.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MESSAGE_EVENT = "chat.message"  # {conversation, conversation_id, seq}: a message was stored
+MESSAGE_EVENT = "chat.message"  # {conversation, conversation_id, seq, sender[, message]}: a message was stored
 STATE_EVENT = "chat.state"  # {conversation, conversation_id, status, reason}: status changed
 TYPING_EVENT = "chat.typing"  # {conversation, from, on}: not stored
 SUPERVISORS = ("supervisor", "admin")
 FORM_FIELDS = ("name", "email", "phone", "contact", "question")
 MAX_ATTACHMENTS = 20
 READ_BATCH = 500
+# Messages up to this many characters travel whole in their event (a NOTIFY payload stays under 8000 bytes).
+INLINE_MAX_CHARS = 1000
 # Bidirectional-override characters can make a link read as another; they have no place in chat text.
 _BIDI_CONTROLS = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 SYSTEM = Principal(user_id=None, username="chat", roles=frozenset({"admin"}), via="system")
 
+
+def _(message: str) -> str:
+    """Marks a message for the catalogue (``scripts/i18n.sh`` extracts every ``_("...")``); it is translated
+    where it is shown, in the visitor's language."""
+    return message
+
+
 # System messages, in the visitor's language (the msgids are in the message catalogue).
 SYSTEM_TEXT = {
-    "welcome": "Thank you. Your question is in the queue; an agent will be with you shortly.",
-    "agent_joined": "%(name)s has joined the chat.",
-    "requeued": (
+    "welcome": _("Thank you. Your question is in the queue; an agent will be with you shortly."),
+    "agent_joined": _("%(name)s has joined the chat."),
+    "requeued": _(
         "Your agent was disconnected. You are back at the front of the queue; the next agent will answer shortly."
     ),
-    "work_order_email": "No agent can take the chat now. We have recorded your question and will reply by email.",
-    "work_order_phone": "No agent can take the chat now. We have recorded your question and will contact you.",
-    "work_order": "No agent can take the chat now. We have recorded your question as a case.",
-    "ended": "The chat has ended. Thank you for contacting us.",
-    "visitor_left": "You ended the chat.",
-    "visitor": "Visitor",
-    "transcript": "A transcript of this chat will be sent to %(email)s.",
+    "work_order_email": _("No agent can take the chat now. We have recorded your question and will reply by email."),
+    "work_order_phone": _("No agent can take the chat now. We have recorded your question and will contact you."),
+    "work_order": _("No agent can take the chat now. We have recorded your question as a case."),
+    "ended": _("The chat has ended. Thank you for contacting us."),
+    "visitor_left": _("You ended the chat."),
+    "visitor": _("Visitor"),
+    "transcript": _("A transcript of this chat will be sent to %(email)s."),
 }
 
 
@@ -348,14 +359,11 @@ async def post_message(
     )
     db.add(message)
     await db.flush()
-    publish_on_commit(
-        db,
-        Event(
-            MESSAGE_EVENT,
-            {"conversation": public_id, "conversation_id": conversation_id, "seq": seq, "sender": sender},
-            user_ids=(agent_id,) if agent_id else (),
-        ),
-    )
+    data: dict[str, Any] = {"conversation": public_id, "conversation_id": conversation_id, "seq": seq, "sender": sender}
+    if attachment_id is None and len(text) <= INLINE_MAX_CHARS:
+        # A short message rides along: a socket whose next number this is sends it without reading it back.
+        data["message"] = message_dict(message, None)
+    publish_on_commit(db, Event(MESSAGE_EVENT, data, user_ids=(agent_id,) if agent_id else ()))
     return message, True
 
 
@@ -828,7 +836,7 @@ async def request_transcript(
     return job, True
 
 
-TRANSCRIPT_SUBJECT = "Your chat transcript"
+TRANSCRIPT_SUBJECT = _("Your chat transcript")
 
 
 @jobs.job_handler("chat.transcript")

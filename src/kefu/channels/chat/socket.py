@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kefu.channels.chat import service
+from kefu.channels.chat.hub import ChatHub, hub_of
 from kefu.channels.chat.models import ChatConversation, ConversationStatus
 from kefu.core.errors import ApiError, NotFound
 from kefu.core.events import Event, bind_bus
@@ -59,6 +60,7 @@ async def _refuse(websocket: WebSocket, code: int) -> None:
 
 
 async def _write(app: Any, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """``work`` in one transaction, retried once when a concurrent duplicate lost on a unique constraint."""
     factory = app.state.session_factory
     for attempt in (1, 2):
         try:
@@ -73,13 +75,15 @@ async def _write(app: Any, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 
 
 class ChatSocket:
-    """What both sockets share: a send lock, the bus subscription, wake-ups, per-chat cursors."""
+    """What both sockets share: a send lock, the events the hub hands it, wake-ups, per-chat cursors."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, hub: ChatHub) -> None:
         self.websocket = websocket
+        self.hub = hub
         self.app = websocket.app
         self.settings = websocket.app.state.settings
         self.send_lock = asyncio.Lock()
+        self.deliver_lock = asyncio.Lock()  # one writer of message frames and cursors at a time
         self.wake = asyncio.Event()
         self.cursors: dict[int, int] = {}  # conversation id -> last seq sent
         self.public_ids: dict[int, str] = {}  # conversation id -> public id (what frames name)
@@ -100,13 +104,30 @@ class ChatSocket:
         self.last_event = time.monotonic()
         self.wake.set()
 
-    def stored(self, conversation_id: int, seq: Any) -> None:
-        """An event says message ``seq`` of the chat is stored: read the chat unless it was sent already."""
+    async def stored(self, conversation_id: int, seq: Any, message: Any = None) -> None:
+        """An event says message ``seq`` of the chat is stored. The next number, carried whole by the event,
+        is sent at once; anything else past the cursor makes the chat due (read from the database)."""
         sent = self.cursors.get(conversation_id)
         if sent is None:
             return  # the client has not resumed this chat yet: its resume reads it
-        if isinstance(seq, int) and seq <= sent:
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            self.due.add(conversation_id)
+            self.poke()
+            return
+        if seq <= sent:
             return  # already delivered (a read for an earlier event found it)
+        if isinstance(message, dict) and message.get("seq") == seq and conversation_id not in self.due:
+            async with self.deliver_lock:
+                sent = self.cursors.get(conversation_id)
+                if sent is not None and seq <= sent:
+                    return
+                if sent is not None and seq == sent + 1 and conversation_id not in self.due:
+                    public_id = self.public_ids.get(conversation_id)
+                    if public_id is None:
+                        return
+                    await self.send({"type": "message", "conversation": public_id, **message})
+                    self.cursors[conversation_id] = seq
+                    return
         self.due.add(conversation_id)
         self.poke()
 
@@ -115,15 +136,17 @@ class ChatSocket:
         (more only when a chat has more than a batch to catch up)."""
         if not self.due:
             return
-        due, self.due = self.due, set()
-        async with self.app.state.session_factory() as db:
+        async with self.deliver_lock:
+            due, self.due = self.due, set()
             after = {c: self.cursors[c] for c in due if c in self.cursors}
             while after:
-                batch = await service.messages_after_many(db, after)
+                # Read, then send: a slow client never holds a database connection.
+                async with self.app.state.session_factory() as db:
+                    batch = await service.messages_after_many(db, after)
                 for message, attachment in batch:
                     conversation_id = message.conversation_id
                     public_id = self.public_ids.get(conversation_id)
-                    if public_id is None:
+                    if public_id is None or message.seq <= self.cursors.get(conversation_id, 0):
                         continue
                     await self.send(
                         {"type": "message", "conversation": public_id, **service.message_dict(message, attachment)}
@@ -202,8 +225,9 @@ def _seq(value: Any) -> int | None:
 
 # --- the visitor -----------------------------------------------------------------------------------
 class VisitorSocket(ChatSocket):
-    def __init__(self, websocket: WebSocket, conv: ChatConversation) -> None:
-        super().__init__(websocket)
+    def __init__(self, websocket: WebSocket, hub: ChatHub, conv: ChatConversation) -> None:
+        super().__init__(websocket, hub)
+        self.conv = conv  # as it was at connect: its id and the visitor's name do not change
         self.conv_id = conv.id
         self.public_id = conv.public_id
         self.public_ids[conv.id] = conv.public_id
@@ -228,7 +252,7 @@ class VisitorSocket(ChatSocket):
                     if data.get("from") == "agent":
                         await self.send({"type": "typing", "from": "agent", "on": bool(data.get("on"))})
                 elif event.type == service.MESSAGE_EVENT:
-                    self.stored(self.conv_id, data.get("seq"))
+                    await self.stored(self.conv_id, data.get("seq"), data.get("message"))
                 elif event.type == service.STATE_EVENT:
                     self.need_sync = True
                     self.due.add(self.conv_id)  # the closing note, the agent's greeting
@@ -251,6 +275,9 @@ class VisitorSocket(ChatSocket):
             place = await service.position(db, conv)
             if place is not None:
                 frame.update(place)
+            if conv.interaction_id != self.interaction_id:  # sent back to the queue: a new contact
+                self.hub.unwatch(self, "interaction", self.interaction_id)
+                self.hub.watch(self, "interaction", conv.interaction_id)
             self.interaction_id, self.agent_id, self.status = conv.interaction_id, conv.agent_id, conv.status
             return frame
 
@@ -308,9 +335,8 @@ class VisitorSocket(ChatSocket):
             return
 
         async def work(db: AsyncSession) -> tuple[int, bool]:
-            conv = await db.get(ChatConversation, self.conv_id)
-            assert conv is not None
-            message, created = await service.visitor_message(db, self.settings, conv, text, client_id)
+            # A chat that ended meanwhile refuses the message (post_message checks the status it writes).
+            message, created = await service.visitor_message(db, self.settings, self.conv, text, client_id)
             return message.seq, created
 
         try:
@@ -340,16 +366,19 @@ async def visitor_socket(websocket: WebSocket, public_id: str) -> None:
     except NotFound:
         await _refuse(websocket, 4401)
         return
-    session = VisitorSocket(websocket, conv)
-    subscription = app.state.event_bus.subscribe()
+    hub = hub_of(app)
+    session = VisitorSocket(websocket, hub, conv)
+    inbox = hub.join(session)
+    hub.watch(session, "conversation", conv.id)
+    hub.watch(session, "interaction", conv.interaction_id)
     await websocket.accept()
     try:
         await session.send(
             {"type": "hello", "conversation": conv.public_id, "status": conv.status, "last_seq": conv.last_seq}
         )
-        await session.run(lambda: session.listen(subscription), session.pump, session.receive)
+        await session.run(lambda: session.listen(inbox), session.pump, session.receive)
     finally:
-        subscription.close()
+        hub.leave(session)
 
 
 visitor_socket.__kefu_permission__ = _visitor_permission  # type: ignore[attr-defined]
@@ -357,8 +386,8 @@ visitor_socket.__kefu_permission__ = _visitor_permission  # type: ignore[attr-de
 
 # --- the agent -------------------------------------------------------------------------------------
 class AgentSocket(ChatSocket):
-    def __init__(self, websocket: WebSocket, user_id: int) -> None:
-        super().__init__(websocket)
+    def __init__(self, websocket: WebSocket, hub: ChatHub, user_id: int) -> None:
+        super().__init__(websocket, hub)
         self.user_id = user_id
         self.chats: dict[str, int] = {}  # public id -> conversation id (the agent's open chats)
         self.listed: list[dict[str, Any]] | None = None
@@ -400,7 +429,7 @@ class AgentSocket(ChatSocket):
                         self.due.add(self.chats[public_id])  # the closing (or greeting) note
                     self.poke()
             elif event.type == service.MESSAGE_EVENT and mine:
-                self.stored(self.chats[public_id], data.get("seq"))
+                await self.stored(self.chats[public_id], data.get("seq"), data.get("message"))
 
     async def refresh_list(self) -> None:
         if self.sync_interactions:
@@ -432,6 +461,8 @@ class AgentSocket(ChatSocket):
         ]
         # Chats that left stay delivered until their last message (the closing note) is out.
         for c in convs:
+            if c.public_id not in self.chats:
+                self.hub.watch(self, "conversation", c.id)
             self.chats[c.public_id] = c.id
             self.public_ids[c.id] = c.public_id
         if items != self.listed:
@@ -458,6 +489,7 @@ class AgentSocket(ChatSocket):
                 and self.cursors.get(conversation_id, 0) >= last_seq
             ):
                 self.cursors.pop(conversation_id, None)
+                self.hub.unwatch(self, "conversation", conversation_id)
                 public_id = self.public_ids.pop(conversation_id, None)
                 if public_id is not None:
                     self.chats.pop(public_id, None)
@@ -530,14 +562,16 @@ async def agent_socket(websocket: WebSocket) -> None:
         await _refuse(websocket, 4401 if exc.status == 401 else 4403)
         return
     assert principal.user_id is not None
-    session = AgentSocket(websocket, principal.user_id)
-    subscription = websocket.app.state.event_bus.subscribe()
+    hub = hub_of(websocket.app)
+    session = AgentSocket(websocket, hub, principal.user_id)
+    inbox = hub.join(session)
+    hub.watch(session, "agent", principal.user_id)
     await websocket.accept()
     try:
         await session.send({"type": "hello", "user_id": principal.user_id})
-        await session.run(lambda: session.listen(subscription), session.pump, session.receive, session.heartbeat)
+        await session.run(lambda: session.listen(inbox), session.pump, session.receive, session.heartbeat)
     finally:
-        subscription.close()
+        hub.leave(session)
 
 
 agent_socket.__kefu_permission__ = _agent_permission  # type: ignore[attr-defined]

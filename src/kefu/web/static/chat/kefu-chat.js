@@ -2,9 +2,10 @@
  *   <script src="https://kefu-host/static/chat/kefu-chat.js" data-kefu-widget="default" async></script>
  * Renders a launcher and a chat panel inside a shadow root (the host page's CSS does not reach in), in the
  * page's language (zh-CN or en). Talks to the kefu host the script came from, without cookies: the chat's
- * token (kept in localStorage) proves which chat is the visitor's. Messages are numbered per chat; on every
- * (re)connect the widget asks for what came after the last number it has, so nothing is missed or shown
- * twice, and messages not yet acknowledged are sent again under the same client id (stored once).
+ * token (kept in localStorage, with whether the panel is open) proves which chat is the visitor's. Messages
+ * are numbered per chat; a page (re)load shows the whole chat again from the server, and every reconnect
+ * asks for what came after the last number shown, so nothing is missed or shown twice; messages not yet
+ * acknowledged are sent again under the same client id (stored once). An ended chat offers a new one.
  * Plain JavaScript, no build step; everything from the server goes in through textContent. */
 (function () {
   "use strict";
@@ -155,6 +156,8 @@
 
   function showPrechat() {
     body.textContent = "";
+    if (foot) foot.hidden = true;
+    panel.removeAttribute("data-status");
     var required = config.required || [];
     var form = el("form", { class: "prechat", novalidate: "novalidate" });
     form.appendChild(field("name", "text", required.indexOf("name") >= 0));
@@ -211,23 +214,26 @@
   }
 
   // --- the chat ---------------------------------------------------------------------------------
-  var log, input, sendForm, tools, fileInput, emailInput;
+  var log, foot, input, sendForm, tools, fileInput, emailInput;
 
   function showChat() {
     body.textContent = "";
     log = el("ol", { class: "log", "aria-live": "polite" });
     body.appendChild(log);
     shownSeq = 0;
-    closed = false;
-    if (!panel.contains(statusLine)) {
-      panel.appendChild(typingLine);
-      panel.appendChild(statusLine);
+    pending = {};
+    if (!foot) {
+      // Built once: the typing note, the status line, the send box and the tools under the messages.
+      foot = el("div", { class: "foot" });
+      panel.appendChild(foot);
+      foot.appendChild(typingLine);
+      foot.appendChild(statusLine);
       sendForm = el("form", { class: "send" });
       input = el("textarea", { "aria-label": t("placeholder"), placeholder: t("placeholder"), maxlength: String(config.max_chars || 4000) });
       var send = el("button", { type: "submit", class: "primary" }, t("send"));
       sendForm.appendChild(input);
       sendForm.appendChild(send);
-      panel.appendChild(sendForm);
+      foot.appendChild(sendForm);
       tools = el("div", { class: "tools" });
       fileInput = el("input", { type: "file", hidden: "hidden", "aria-label": t("attach") });
       var attach = el("button", { type: "button", class: "plain attach" }, t("attach"));
@@ -235,12 +241,14 @@
       emailInput.value = (saved && saved.email) || "";
       var transcript = el("button", { type: "button", class: "plain transcript" }, t("transcript"));
       var end = el("button", { type: "button", class: "plain end" }, t("end"));
+      var again = el("button", { type: "button", class: "primary new", hidden: "hidden" }, t("new_chat"));
       tools.appendChild(attach);
       tools.appendChild(fileInput);
       tools.appendChild(emailInput);
       tools.appendChild(transcript);
       tools.appendChild(end);
-      panel.appendChild(tools);
+      tools.appendChild(again);
+      foot.appendChild(tools);
       sendForm.addEventListener("submit", function (ev) { ev.preventDefault(); sendText(); });
       input.addEventListener("keydown", function (ev) {
         if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); sendText(); }
@@ -250,8 +258,26 @@
       fileInput.addEventListener("change", sendFile);
       transcript.addEventListener("click", askTranscript);
       end.addEventListener("click", endChat);
+      again.addEventListener("click", newChat);
     }
+    foot.hidden = false;
+    emailInput.value = (saved && saved.email) || "";
+    setClosed(false);
     statusLine.textContent = "";
+    typingLine.textContent = "";
+  }
+
+  // After a chat ended: forget it and show the pre-chat form again.
+  function newChat() {
+    var old = socket;
+    socket = null;
+    clearTimeout(reconnectTimer);
+    if (old) old.close();
+    saved = null;
+    save();
+    showPrechat();
+    var first = root.querySelector("form.prechat input");
+    if (first) first.focus();
   }
 
   function linkified(text) {
@@ -315,14 +341,19 @@
     }
   }
 
-  function setClosed() {
-    closed = true;
-    statusLine.textContent = t("closed");
-    if (input) input.disabled = true;
-    if (sendForm) sendForm.querySelector("button").disabled = true;
+  function setClosed(on) {
+    closed = on !== false;
+    if (closed) {
+      statusLine.textContent = t("closed");
+      panel.setAttribute("data-status", "closed");
+      typingLine.textContent = "";
+    }
+    if (input) input.disabled = closed;
+    if (sendForm) sendForm.querySelector("button").disabled = closed;
     if (tools) {
-      tools.querySelector(".attach").disabled = true;
-      tools.querySelector(".end").disabled = true;
+      tools.querySelector(".attach").disabled = closed;
+      tools.querySelector(".end").disabled = closed;
+      tools.querySelector(".new").hidden = !closed;
     }
   }
 
@@ -377,7 +408,9 @@
   }
 
   function endChat() {
-    api("POST", "/api/v1/chat/visitor/" + encodeURIComponent(saved.public_id) + "/end").then(setClosed).catch(function () {});
+    api("POST", "/api/v1/chat/visitor/" + encodeURIComponent(saved.public_id) + "/end")
+      .then(function () { setClosed(true); })
+      .catch(function (err) { statusLine.textContent = err.message; });
   }
 
   // --- the socket -------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 // messages and files go through the REST API; typing goes both ways. While a chat is chosen, the knowledge
 // panel's "insert" puts the answer into the chat box (and records the article as used for the chat's
 // contact). The socket also tells the server the agent is still here: without it for longer than the
-// grace period, the agent's chats go back to their queue. Everything shown goes in through textContent.
+// grace period, the agent's chats go back to their queue. A chat that ended stays as a struck-through tab
+// until the agent closes it. Everything shown goes in through textContent.
 (function () {
   "use strict";
   var box = document.getElementById("desk-chat");
@@ -131,8 +132,30 @@
   function setEnabled(on) {
     input.disabled = !on;
     document.getElementById("desk-chat-send").disabled = !on;
-    endButton.disabled = !on;
     fileInput.disabled = !on;
+    // An ended chat's button closes its tab (the contact's wrap-up stays in the contact list).
+    endButton.textContent = on ? box.dataset.msgEnd : box.dataset.msgCloseTab;
+    endButton.setAttribute("data-action", on ? "end" : "close");
+  }
+
+  function closeTab(publicId) {
+    var chat = chats[publicId];
+    if (!chat) return;
+    chat.tab.remove();
+    delete chats[publicId];
+    if (active !== publicId) return;
+    active = null;
+    var next = Object.keys(chats).filter(function (key) { return !chats[key].closed; })[0] || Object.keys(chats)[0];
+    if (next) {
+      select(next, true);
+    } else {
+      log.textContent = "";
+      visitorLine.textContent = "";
+      typingLine.textContent = "";
+      box.removeAttribute("data-active-chat");
+      box.removeAttribute("data-interaction-id");
+      box.hidden = true;
+    }
   }
 
   function render(m) {
@@ -194,6 +217,10 @@
       if (frame.type === "conversations") {
         var listed = {};
         (frame.items || []).forEach(function (item) { listed[item.public_id] = ensure(item); });
+        // A chat no longer listed is no longer this agent's (ended, or sent back while the desk was away).
+        Object.keys(chats).forEach(function (key) {
+          if (!listed[key] && !chats[key].closed) onState({ conversation: key, status: "closed" });
+        });
         var after = {};
         Object.keys(listed).forEach(function (key) { after[key] = chats[key].last_seq; });
         ws.send(JSON.stringify({ type: "resume", after: after }));
@@ -265,6 +292,7 @@
   endButton.addEventListener("click", function () {
     var chat = chats[active];
     if (!chat) return;
+    if (chat.closed) { closeTab(chat.public_id); return; }
     post("/api/v1/chat/conversations/" + chat.id + "/end", {}).then(function () {
       var link = document.querySelector('#desk-contact-list a[data-interaction-id="' + chat.interaction_id + '"]');
       if (link) link.click(); // the wrap-up form of the contact
