@@ -315,21 +315,6 @@ def _rest_params(now: datetime, cfg: RoutingConfig) -> dict[str, Any]:
     return {}
 
 
-async def _skills_of(db: AsyncSession, user_ids: Sequence[int]) -> dict[int, dict[int, int]]:
-    skills: dict[int, dict[int, int]] = {uid: {} for uid in user_ids}
-    if user_ids:
-        statement = _statement(
-            ("skills_of",),
-            lambda: select(AgentSkill.user_id, AgentSkill.skill_id, AgentSkill.proficiency).where(
-                AgentSkill.user_id.in_(bindparam("user_ids", expanding=True))
-            ),
-        )
-        rows = await db.execute(statement, {"user_ids": list(user_ids)})
-        for user_id, skill_id, proficiency in rows:
-            skills[user_id][skill_id] = proficiency
-    return skills
-
-
 # --- presence ----------------------------------------------------------------------------------------
 async def _resolved_capacity(db: AsyncSession, user_id: int) -> CapacityProfile | None:
     """The agent's own profile, else their team's (the lowest team id if several), else None (defaults)."""
@@ -526,14 +511,15 @@ async def _last_agent_of(db: AsyncSession, customer_id: int | None, before: date
 
 
 def _entry_insert_stamped(names: tuple[str, ...]) -> Any:
-    """PostgreSQL: insert a routing entry (columns ``names``, parameters ``p_<column>``) and stamp its
-    interaction queued."""
+    """PostgreSQL: insert a routing entry (columns ``names``, parameters ``p_<column>``) unless the contact
+    has one already, and stamp its interaction queued. Returns (entries inserted, interactions stamped)."""
     from kefu.interactions import service as interactions
 
     entries = RoutingEntry.__table__
     inserted = (
-        insert(entries)
+        postgresql.insert(entries)
         .values({entries.c[name]: bindparam(f"p_{name}", type_=entries.c[name].type) for name in names})
+        .on_conflict_do_nothing(index_elements=[entries.c.interaction_id])
         .returning(entries.c.interaction_id)
         .cte("inserted")
     )
@@ -568,9 +554,12 @@ async def enqueue(
     from kefu.interactions import service as interactions
 
     now = now or utcnow()
-    existing = await _entry_row(db, interaction_id)
-    if existing is not None:
-        return EnqueueResult(existing, False)
+    in_one_statement = db.bind.dialect.name == "postgresql"
+    if not in_one_statement:
+        # PostgreSQL finds out in the insert itself (ON CONFLICT DO NOTHING): no read on the hot path.
+        existing = await _entry_row(db, interaction_id)
+        if existing is not None:
+            return EnqueueResult(existing, False)
     queues = await load_queues(db, [queue_id])
     queue = queues.get(queue_id)
     if queue is None or not queue.active:
@@ -607,12 +596,16 @@ async def enqueue(
         "offers_made": 0,
         "version": 0,
     }
-    if db.bind.dialect.name == "postgresql":
+    if in_one_statement:
         # The entry and the interaction's "queued" stamp in one round trip (a data-modifying CTE).
         params = {f"p_{name}": value for name, value in values.items()}
         names = tuple(values)
         statement = _statement(("entry_insert_stamped", names), lambda: _entry_insert_stamped(names))
-        await db.execute(statement, {**params, "p_queue": queue.code})
+        inserted, _stamped = (await db.execute(statement, {**params, "p_queue": queue.code})).one()
+        if not inserted:
+            existing = await _entry_row(db, interaction_id)
+            assert existing is not None  # the conflict proves the row is there
+            return EnqueueResult(existing, False)
     else:
         # A constant INSERT executed with the row as parameters: built and compiled once.
         await db.execute(_statement(("entry_insert",), lambda: insert(RoutingEntry.__table__)), values)
@@ -722,7 +715,9 @@ def _candidates_statement(
     """The ranking query for one queue's requirement shape (see _candidate_agents); what varies per
     decision is bound: queue_id, reached, sticky_id, language, excluded, rest_cutoff."""
     proficiency: dict[int, Any] = {}
-    query = select(*AGENT_COLUMNS).join(
+    # The candidates' skills ride along: PostgreSQL evaluates this subquery for the few rows the LIMIT
+    # keeps, after the sort.
+    query = select(*AGENT_COLUMNS, _skills_text(dialect).label("skills_text")).join(
         QueueMember,
         and_(QueueMember.user_id == AgentState.user_id, QueueMember.queue_id == bindparam("queue_id")),
     )
@@ -797,10 +792,9 @@ async def _candidate_agents(
     states = list(await db.execute(statement, params))
     if not states:
         return []
-    skills = await _skills_of(db, [row.user_id for row in states])
     languages = frozenset([rule.language]) if rule.language is not None else frozenset()
     member_of = frozenset([queue.row_id])
-    return [_agent_view(row, skills[row.user_id], languages, member_of) for row in states]
+    return [_agent_view(row, _parsed_skills(row.skills_text), languages, member_of) for row in states]
 
 
 async def route_contact(
@@ -1104,17 +1098,31 @@ def _aggregated(dialect: str, expression: Any, where: Any) -> Any:
     return select(joined).where(where).scalar_subquery()
 
 
+def _skills_text(dialect: str) -> Any:
+    """The agent's skills as "skill:proficiency,..." (a scalar subquery on the agent's row)."""
+    return _aggregated(
+        dialect,
+        cast(AgentSkill.skill_id, String) + ":" + cast(AgentSkill.proficiency, String),
+        AgentSkill.user_id == AgentState.user_id,
+    )
+
+
+def _parsed_skills(text: str | None) -> dict[int, int]:
+    skills = {}
+    for pair in (text or "").split(","):
+        if pair:
+            skill_id, _, level = pair.partition(":")
+            skills[int(skill_id)] = int(level)
+    return skills
+
+
 def _agent_with_facts_statement(dialect: str) -> Any:
     """The agent's routing row and, in the same round trip, their skills, languages and queues (as
     "skill:proficiency", "language" and "queue" lists): decisions read nothing else about the agent."""
     uid = AgentState.user_id
     return select(
         *AGENT_COLUMNS,
-        _aggregated(
-            dialect,
-            cast(AgentSkill.skill_id, String) + ":" + cast(AgentSkill.proficiency, String),
-            AgentSkill.user_id == uid,
-        ),
+        _skills_text(dialect),
         _aggregated(dialect, AgentLanguage.language, AgentLanguage.user_id == uid),
         _aggregated(dialect, cast(QueueMember.queue_id, String), QueueMember.user_id == uid),
     ).where(uid == bindparam("user_id"))
@@ -1128,11 +1136,7 @@ async def _agent_with_facts(db: AsyncSession, user_id: int) -> tuple[Any, policy
     if row is None:
         return None, None
     skills_text, languages_text, queues_text = row[-3:]
-    skills = {}
-    for pair in (skills_text or "").split(","):
-        if pair:
-            skill_id, _, level = pair.partition(":")
-            skills[int(skill_id)] = int(level)
+    skills = _parsed_skills(skills_text)
     languages = frozenset(text for text in (languages_text or "").split(",") if text)
     queues = frozenset(int(text) for text in (queues_text or "").split(",") if text)
     return row, _agent_view(row, skills, languages, queues)
