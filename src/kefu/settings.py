@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     routing_rest_break_seconds: int = 900
     # An agent who lets this many offers in a row ring out is set to not ready (a break).
     routing_missed_offers_limit: int = 2
-    # --- channels: email (owned by the email channel) ---
+    # --- channels: email ---
     # Built-in SMTP receiver for inbound mail; port 0 turns it off.
     email_smtp_host: str = "127.0.0.1"
     email_smtp_port: int = 0
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     email_max_attachment_bytes: int = 20 * 1024 * 1024
     # Largest text kept from one mail body (characters); the raw source always keeps everything.
     email_max_body_chars: int = 200_000
-    # transport
+    # email transport
     # IMAP polling: seconds before a silent server is given up on; most mails filed per mailbox and poll.
     email_imap_timeout_seconds: int = 30
     email_imap_batch_size: int = 200
@@ -88,7 +88,6 @@ class Settings(BaseSettings):
     email_send_max_attempts: int = 10
     # Message ids kept in the References header of a reply (the first one and the most recent ones).
     email_references_max: int = 20
-    # --- end email ---
     # --- channels: chat ---
     # Widget key -> routing queue code, as JSON ({"default": "cn-chat", "vip": "cn-chat-vip"}).
     chat_widgets: dict[str, str] = Field(default_factory=lambda: {"default": "cn-chat"})
@@ -110,7 +109,6 @@ class Settings(BaseSettings):
     # queue position is pushed to a waiting visitor this often (and whenever routing changes something).
     chat_poll_seconds: float = 2.0
     chat_position_seconds: float = 5.0
-    # --- end chat ---
     # --- channels: cti/ivr ---
     # Signing secret of the PBX named "default" (header X-Kefu-Pbx absent or "default"); more PBXs, each
     # with its own secret, are added through /api/v1/cti/pbxs. Empty: only those.
@@ -131,8 +129,6 @@ class Settings(BaseSettings):
     ivr_answer_max_chars: int = 500
     # Steps one call may take through a flow before it is ended (a safety net against loops).
     ivr_max_steps_per_call: int = 200
-    # end ivr
-    # --- end cti/ivr ---
     # --- channels: webhooks ---
     # Inbound webhook signatures whose timestamp is further than this from now are refused (replays).
     webhooks_signature_tolerance_seconds: int = 300
@@ -149,7 +145,6 @@ class Settings(BaseSettings):
     webhooks_form_rate_window_seconds: int = 600
     webhooks_form_attachment_max_bytes: int = 1024 * 1024
     webhooks_form_queue: str = ""
-    # --- end webhooks ---
     log_level: str = "INFO"
     log_json: bool = True
 
