@@ -94,8 +94,43 @@ async def _set_capacity(database_url: str, per_agent: int) -> None:
         await engine.dispose()
 
 
+# ``kefu serve`` (uvicorn) closes a connection idle for 5 s. httpx keeps idle connections 5 s too, so a
+# request sent on one just as the server closes it fails with a ReadError (nothing was answered, and perhaps
+# nothing stored). Idle connections are dropped well before the server's limit, and a message that still
+# fails is sent again with the same ``client_msg_id`` (stored once however often it is sent).
+KEEPALIVE_SECONDS = 2.0
+SEND_ATTEMPTS = 5
+
+
+def _limits(max_connections: int) -> httpx.Limits:
+    return httpx.Limits(max_connections=max_connections, keepalive_expiry=KEEPALIVE_SECONDS)
+
+
+async def post_message(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], retried: list[str] | None = None
+) -> dict[str, Any]:
+    """POST a chat message until the server answers it: a lost connection or a busy server (503) is retried
+    with the same body (its ``client_msg_id`` makes the retry harmless); any other refusal raises."""
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        try:
+            response = await client.post(url, json=body)
+        except httpx.TransportError as exc:
+            if attempt == SEND_ATTEMPTS:
+                raise
+            why = type(exc).__name__
+        else:
+            if response.status_code != 503 or attempt == SEND_ATTEMPTS:
+                response.raise_for_status()
+                return response.json()
+            why = "503"
+        if retried is not None:
+            retried.append(why)
+        await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
 async def _agent_client(base: str, username: str) -> httpx.AsyncClient:
-    client = httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=50))
+    client = httpx.AsyncClient(base_url=base, timeout=60, limits=_limits(50))
     login = (await client.post("/api/v1/auth/login", json={"login": username, "password": PASSWORD})).json()
     client.headers["X-CSRF-Token"] = login["csrf_token"]
     return client
@@ -112,7 +147,7 @@ async def run(database_url: str, data_dir: Path, args: argparse.Namespace) -> di
                 (await agent.put("/api/v1/routing/presence/me", json={"presence": "available"})).raise_for_status()
             await _set_capacity(database_url, 20)
             # --- the chats, accepted ---------------------------------------------------------------
-            visitor_http = httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=20))
+            visitor_http = httpx.AsyncClient(base_url=base, timeout=60, limits=_limits(20))
             gate = asyncio.Semaphore(20)
 
             async def open_chat(i: int) -> dict[str, Any]:
@@ -162,17 +197,30 @@ async def run(database_url: str, data_dir: Path, args: argparse.Namespace) -> di
                             to_agent_ms.append((time.perf_counter() - sent_at.pop(key)) * 1000)
                             replies.put_nowait((index, held[frame["conversation"]][1], key))
 
+            retried: list[str] = []  # why a reply was sent again (a lost connection, a busy server)
+            failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+            sending: set[asyncio.Task[Any]] = set()
+
+            def reply_done(task: asyncio.Task[Any]) -> None:
+                sending.discard(task)
+                if not task.cancelled() and task.exception() is not None and not failed.done():
+                    failed.set_result(task.exception())  # ends the round at once, with the reason
+
             async def responder() -> None:
                 while True:
                     index, conv_id, key = await replies.get()
                     reply = "r" + key
                     sent_at[reply] = time.perf_counter()
-                    asyncio.get_running_loop().create_task(
-                        agents[index].post(
+                    task = asyncio.get_running_loop().create_task(
+                        post_message(
+                            agents[index],
                             f"/api/v1/chat/conversations/{conv_id}/messages",
-                            json={"text": "好的", "client_msg_id": reply},
+                            {"text": "好的", "client_msg_id": reply},
+                            retried,
                         )
                     )
+                    sending.add(task)
+                    task.add_done_callback(reply_done)
 
             async def visitor_reader(public_id: str, socket: Any) -> None:
                 async for raw in socket:
@@ -212,12 +260,17 @@ async def run(database_url: str, data_dir: Path, args: argparse.Namespace) -> di
                     key = "v" + uuid.uuid4().hex[:16]
                     sent_at[key] = time.perf_counter()
                     await socket.send(json.dumps({"type": "message", "client_msg_id": key, "text": "你好，请问"}))
-                try:
-                    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in answered.values())), timeout=args.timeout)
-                except TimeoutError:
+                everyone = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in answered.values())))
+                done, _ = await asyncio.wait(
+                    {everyone, failed}, timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if everyone not in done:
+                    everyone.cancel()
+                    if failed.done():
+                        raise RuntimeError(f"an agent's reply was not accepted: {failed.result()!r}")
                     raise RuntimeError(
                         f"round timed out: {len(to_agent_ms)} reached agents, {len(to_visitor_ms)} reached visitors"
-                    ) from None
+                    )
             elapsed = time.perf_counter() - started
             for task in tasks:
                 task.cancel()
@@ -244,6 +297,9 @@ async def run(database_url: str, data_dir: Path, args: argparse.Namespace) -> di
         "load_average_1m_before": round(load, 2),
         "visitor_to_agent": stats(to_agent_ms),
         "agent_to_visitor": stats(to_visitor_ms),
+        # Replies sent again after a lost connection or a busy server (each still stored and shown once).
+        "reply_retries": len(retried),
+        "reply_retry_reasons": {why: retried.count(why) for why in sorted(set(retried))},
     }
 
 
