@@ -90,6 +90,8 @@ def settings(database_url: str, data_dir: Path) -> Settings:
         base_url="http://testserver",
         run_worker=False,
         log_json=False,
+        # Test receivers listen on 127.0.0.1; the refusal itself is tested with its own settings.
+        webhooks_refused_networks=[],
     )
 
 

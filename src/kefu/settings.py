@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     webhooks_max_attempts: int = 8
     webhooks_retry_base_seconds: int = 10
     webhooks_timeout_seconds: float = 10.0
+    # Outbound deliveries never go to a host that resolves into these networks: kefu's own machine and
+    # link-local addresses (cloud metadata services). Private LAN ranges stay allowed: on an intranet the
+    # SMS gateway or CRM is there. An empty list allows every address.
+    webhooks_refused_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "0.0.0.0/8", "169.254.0.0/16", "fe80::/10"]
+    )
     # Help-centre contact form: submissions per client address per window, the largest attachment,
     # and the routing queue its cases go to (empty: recorded on the case, not routed).
     webhooks_form_rate_limit: int = 10
@@ -147,6 +153,15 @@ class Settings(BaseSettings):
     webhooks_form_queue: str = ""
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("webhooks_refused_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # a typo must stop start-up, not a delivery
+        return value
 
     @field_validator("base_url")
     @classmethod

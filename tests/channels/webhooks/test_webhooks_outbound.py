@@ -17,6 +17,7 @@ from conftest import Factory, login, principal_of
 from kefu.channels.intake import CHANNEL_PRINCIPAL
 from kefu.channels.webhooks import service
 from kefu.channels.webhooks.models import WebhookDelivery, WebhookSubscription
+from kefu.settings import Settings
 from kefu.tickets import service as tickets
 from kefu.tickets.schemas import WorkOrderCreate
 
@@ -167,6 +168,22 @@ async def test_a_refusal_other_than_5xx_is_final(app, admin, settings, receiver)
     await run_jobs(app, settings)
     (delivery,) = await deliveries_of(app, subscription["id"])
     assert (delivery.status, delivery.attempts, delivery.last_status) == ("dead", 1, 400)
+
+
+async def test_receivers_on_kefus_own_machine_are_refused_by_default(app, admin, settings, receiver) -> None:  # noqa: ANN001
+    # The default refused networks (loopback, link-local): a forged subscription cannot make kefu post to
+    # itself or to a metadata service. The test settings allow loopback; the defaults are restored here.
+    defaults = Settings.model_fields["webhooks_refused_networks"].get_default(call_default_factory=True)
+    guarded = settings.model_copy(update={"webhooks_refused_networks": defaults})
+    subscription = await subscribe(admin, receiver.url + "/itself", "work_order.created")
+    await new_work_order(app)
+    await run_jobs(app, guarded)
+    (delivery,) = await deliveries_of(app, subscription["id"])
+    assert (delivery.status, delivery.attempts) == ("dead", 1)
+    assert "127.0.0.1" in delivery.last_error and "refused network" in delivery.last_error
+    assert receiver.requests == []
+    assert await service.refused_target(guarded, "http://10.1.2.3/sms") is None  # the LAN stays allowed
+    assert await service.refused_target(guarded, "http://169.254.169.254/latest") is not None
 
 
 async def test_unreachable_receivers_are_retried(app, admin, settings, receiver) -> None:  # noqa: ANN001

@@ -27,16 +27,20 @@ idempotent by the form's submission id, rate limited per client address.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import logging
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from html import unescape
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
@@ -800,7 +804,29 @@ class Outcome:
     error: str | None = None
 
 
+async def refused_target(settings: Settings, url: str) -> str | None:
+    """Why ``url`` may not receive deliveries (its host resolves into ``webhooks_refused_networks``: a
+    request forged to reach kefu's own machine or a metadata service), or None. Checked before every
+    attempt, so a name that later resolves elsewhere is caught then too."""
+    networks = [ipaddress.ip_network(n, strict=False) for n in settings.webhooks_refused_networks]
+    if not networks:
+        return None
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return None  # unresolvable now: the attempt fails like any connection error and is retried
+    for *_rest, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        if any(address in network for network in networks):
+            return f"the receiver's address {address} is in a refused network (KEFU_WEBHOOKS_REFUSED_NETWORKS)"
+    return None
+
+
 async def _post(settings: Settings, url: str, secret: str, delivery: WebhookDelivery) -> Outcome:
+    refused = await refused_target(settings, url)
+    if refused is not None:
+        return Outcome(False, False, None, refused)
     body = json.dumps(delivery.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
     headers = {
         "Content-Type": "application/json",
