@@ -25,8 +25,8 @@ import pytest
 from sqlalchemy import select
 from tests.channels.chat.chat_support import agent_for, chat_queue
 
-from browser_support import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, Watch
-from conftest import TEST_PASSWORD, Factory, LiveServer, principal_of, start_server, unique
+from browser_support import BROWSER_MARKS, Watch, find_in_panel, launched_chromium, sign_in
+from conftest import Factory, LiveServer, principal_of, start_server, unique
 from kefu.channels.cti import service as cti
 from kefu.channels.cti.schemas import PbxCreate
 from kefu.interactions.models import Interaction
@@ -35,7 +35,6 @@ pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
 expect = sync_api.expect
 expect.set_options(timeout=10_000)
-INDEX_WAIT_SECONDS = 20
 CUSTOMER = "李女士"
 
 
@@ -90,12 +89,8 @@ def server(scene: Scene, settings) -> Iterator[LiveServer]:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def browser(scene: Scene, server: LiveServer) -> Iterator[sync_api.Browser]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 def post_call_event(server: LiveServer, scene: Scene, **event: object) -> dict:
@@ -111,21 +106,6 @@ def post_call_event(server: LiveServer, scene: Scene, **event: object) -> dict:
     response = httpx.post(f"{server.url}/api/v1/cti/events", content=raw, headers=headers, timeout=10)
     assert response.status_code in (200, 201), response.text
     return response.json()
-
-
-def find_in_panel(page: sync_api.Page, word: str, article_id: int) -> sync_api.Locator:
-    deadline = time.monotonic() + INDEX_WAIT_SECONDS
-    box = page.locator("#desk-kb-q")
-    hit = page.locator(f'#desk-kb-results li[data-article-id="{article_id}"]')
-    while True:
-        box.fill("")
-        box.press_sequentially(word, delay=10)
-        try:
-            expect(hit).to_be_visible(timeout=2_000)
-            return hit
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
 
 
 def test_a_chat_then_a_call_pop_the_same_case(
@@ -144,11 +124,7 @@ def test_a_chat_then_a_call_pop_the_same_case(
     visitor = visitor_context.new_page()
     watch.attach(visitor_context, visitor)
     try:
-        desk.goto("/login")
-        desk.get_by_label("用户名或邮箱").fill(scene.agent_username)
-        desk.get_by_label("密码", exact=True).fill(TEST_PASSWORD)
-        desk.get_by_role("button", name="登录").click()
-        expect(desk).to_have_url(re.compile(r"/$"))
+        sign_in(desk, scene.agent_username)
         desk.goto("/desk")
         expect(desk.locator("#live-status")).to_have_class(re.compile(r"\bon\b"))
         expect(desk.locator("#desk-chat")).to_have_attribute("data-connected", "true")

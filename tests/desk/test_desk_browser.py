@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from browser_support import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, Watch
-from conftest import TEST_PASSWORD, Factory, LiveServer, principal_of, unique
+from browser_support import BROWSER_MARKS, Watch, find_in_panel, launched_chromium, sign_in
+from conftest import Factory, LiveServer, principal_of, unique
 from kefu.db.engine import make_engine, make_session_factory
 from kefu.settings import Settings
 
@@ -36,7 +35,6 @@ pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
 expect = sync_api.expect
 expect.set_options(timeout=10_000)
-INDEX_WAIT_SECONDS = 20  # the server's index follows a change within ~0.5 s; this only bounds a broken one
 PHONE = "+8613812345678"
 
 
@@ -119,29 +117,8 @@ async def scene(app) -> Scene:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def browser(scene: Scene, live_server: LiveServer) -> Iterator[sync_api.Browser]:
     # Depends on every async fixture of the module: they must run before Playwright's loop starts.
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-def find_in_panel(page: sync_api.Page, word: str, article_id: int) -> sync_api.Locator:
-    """Types into the knowledge panel until the article shows (the server's index refreshes in the
-    background, so a brand-new article may need a moment)."""
-    deadline = time.monotonic() + INDEX_WAIT_SECONDS
-    box = page.locator("#desk-kb-q")
-    hit = page.locator(f'#desk-kb-results li[data-article-id="{article_id}"]')
-    while True:
-        box.fill("")
-        box.press_sequentially(word, delay=20)
-        try:
-            expect(hit).to_be_visible(timeout=2_000)
-            return hit
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 def test_contact_pops_and_is_answered_with_the_knowledge_base(
@@ -153,11 +130,7 @@ def test_contact_pops_and_is_answered_with_the_knowledge_base(
     watch = Watch()
     watch.attach(context, page)
     try:
-        page.goto("/login")
-        page.get_by_label("用户名或邮箱").fill(scene.agent_username)
-        page.get_by_label("密码", exact=True).fill(TEST_PASSWORD)
-        page.get_by_role("button", name="登录").click()
-        expect(page).to_have_url(re.compile(r"/$"))
+        sign_in(page, scene.agent_username)
         page.goto("/desk")
         page.wait_for_function("typeof window.htmx === 'object' && typeof window.Alpine === 'object'")
         expect(page.locator("#live-status")).to_have_class(re.compile(r"\bon\b"))  # the WebSocket is open
@@ -310,11 +283,7 @@ def test_contact_list_moves_with_j_and_k(browser: sync_api.Browser, live_server:
             assert posted.status_code == 201, posted.text
             ids.append(int(posted.json()["id"]))
         older, newer = ids
-        page.goto("/login")
-        page.get_by_label("用户名或邮箱").fill(scene.agent_username)
-        page.get_by_label("密码", exact=True).fill(TEST_PASSWORD)
-        page.get_by_role("button", name="登录").click()
-        expect(page).to_have_url(re.compile(r"/$"))
+        sign_in(page, scene.agent_username)
         page.goto("/desk")
         page.wait_for_function("typeof window.htmx === 'object'")
         # Newest first, and the newest is in the pop panel.

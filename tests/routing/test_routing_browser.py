@@ -18,8 +18,8 @@ import httpx
 import pytest
 from tests.routing.routing_support import code
 
-from browser_support import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, Watch
-from conftest import TEST_PASSWORD, Factory, LiveServer
+from browser_support import BROWSER_MARKS, Watch, launched_chromium, sign_in
+from conftest import Factory, LiveServer
 from kefu.routing.models import QueueMember, RoutingQueue
 
 pytestmark = BROWSER_MARKS
@@ -65,12 +65,8 @@ async def scene(app) -> Scene:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def browser(scene: Scene, live_server: LiveServer) -> Iterator[sync_api.Browser]:
     # Depends on every async fixture of the module: they must run before Playwright's loop starts.
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 def signed_in_page(browser: sync_api.Browser, server: LiveServer, username: str, path: str, watch: Watch):
@@ -78,11 +74,7 @@ def signed_in_page(browser: sync_api.Browser, server: LiveServer, username: str,
     context.set_default_timeout(10_000)
     page = context.new_page()
     watch.attach(context, page)
-    page.goto("/login")
-    page.get_by_label("用户名或邮箱").fill(username)
-    page.get_by_label("密码", exact=True).fill(TEST_PASSWORD)
-    page.get_by_role("button", name="登录").click()
-    expect(page).to_have_url(re.compile(r"/$"))
+    sign_in(page, username)
     page.goto(path)
     expect(page.locator("#live-status")).to_have_class(re.compile(r"\bon\b"))  # the WebSocket is open
     page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page

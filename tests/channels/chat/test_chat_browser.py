@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from tests.channels.chat.chat_support import agent_for, chat_queue
 
-from browser_support import BROWSER_MARKS, CHROMIUM, LAUNCH_ARGS, Watch
-from conftest import TEST_PASSWORD, Factory, LiveServer, principal_of, start_server, unique
+from browser_support import BROWSER_MARKS, Watch, find_in_panel, launched_chromium, sign_in
+from conftest import Factory, LiveServer, principal_of, start_server, unique
 
 pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
 expect = sync_api.expect
 expect.set_options(timeout=10_000)
-INDEX_WAIT_SECONDS = 20  # the server's search index follows a change within ~0.5 s; this bounds a broken one
 VISITOR = "张三"
 
 
@@ -78,28 +76,8 @@ def server(scene: Scene, settings) -> Iterator[LiveServer]:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def browser(scene: Scene, server: LiveServer) -> Iterator[sync_api.Browser]:
     # Depends on every async fixture of the module: they must run before Playwright's loop starts.
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-def find_in_panel(page: sync_api.Page, word: str, article_id: int) -> sync_api.Locator:
-    """Types into the knowledge panel until the article shows (the index refreshes in the background)."""
-    deadline = time.monotonic() + INDEX_WAIT_SECONDS
-    box = page.locator("#desk-kb-q")
-    hit = page.locator(f'#desk-kb-results li[data-article-id="{article_id}"]')
-    while True:
-        box.fill("")
-        box.press_sequentially(word, delay=10)
-        try:
-            expect(hit).to_be_visible(timeout=2_000)
-            return hit
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
+    with launched_chromium() as chromium:
+        yield chromium
 
 
 def texts_once(log: sync_api.Locator, *texts: str) -> None:
@@ -122,11 +100,7 @@ def test_visitor_and_agent_chat_in_the_browser_and_a_reload_resumes(
     watch.attach(visitor_context, visitor)
     try:
         # --- the agent on the desk, on a break ----------------------------------------------------
-        desk.goto("/login")
-        desk.get_by_label("用户名或邮箱").fill(scene.agent_username)
-        desk.get_by_label("密码", exact=True).fill(TEST_PASSWORD)
-        desk.get_by_role("button", name="登录").click()
-        expect(desk).to_have_url(re.compile(r"/$"))
+        sign_in(desk, scene.agent_username)
         desk.goto("/desk")
         expect(desk.locator("#live-status")).to_have_class(re.compile(r"\bon\b"))  # the desk's socket
         expect(desk.locator("#desk-chat")).to_have_attribute("data-connected", "true")  # the chat socket
