@@ -300,6 +300,27 @@ async def queues_page(
     )
 
 
+async def _refused_queue_form(
+    request: Request, db: AsyncSession, principal: Principal, view: Any, form: Any, exc: ApiError
+) -> Response:
+    """The queue form again, as the user typed it, with the service's refusal placed on its fields."""
+    shown = _typed_of(view)
+    shown.typed.update(form.typed)
+    if form.skill_rows is not None:
+        shown.skill_rows = form.skill_rows
+    if form.step_rows is not None:
+        shown.step_rows = form.step_rows
+    return await _queue_page(
+        request,
+        db,
+        principal,
+        view=view,
+        form=shown,
+        field_errors=_placed(exc, QUEUE_FORM_FIELDS),
+        status_code=exc.status,
+    )
+
+
 @router.get("/routing/queues/new")
 async def queue_new_page(
     request: Request, db: Db, principal: Principal = authorize("routing_queue", "create")
@@ -318,21 +339,7 @@ async def queue_create_submit(
     except ApiError as exc:
         if exc.status == 404:
             raise
-        shown = _typed_of(None)
-        shown.typed.update(form.typed)
-        if form.skill_rows is not None:
-            shown.skill_rows = form.skill_rows
-        if form.step_rows is not None:
-            shown.step_rows = form.step_rows
-        return await _queue_page(
-            request,
-            db,
-            principal,
-            view=None,
-            form=shown,
-            field_errors=_placed(exc, QUEUE_FORM_FIELDS),
-            status_code=exc.status,
-        )
+        return await _refused_queue_form(request, db, principal, None, form, exc)
     return see_other(f"/routing/queues/{view.queue.id}?saved=1")
 
 
@@ -355,22 +362,7 @@ async def queue_update_submit(
     except ApiError as exc:
         if exc.status == 404:
             raise
-        view = await queues.get_queue(db, queue_id)
-        shown = _typed_of(view)
-        shown.typed.update(form.typed)
-        if form.skill_rows is not None:
-            shown.skill_rows = form.skill_rows
-        if form.step_rows is not None:
-            shown.step_rows = form.step_rows
-        return await _queue_page(
-            request,
-            db,
-            principal,
-            view=view,
-            form=shown,
-            field_errors=_placed(exc, QUEUE_FORM_FIELDS),
-            status_code=exc.status,
-        )
+        return await _refused_queue_form(request, db, principal, await queues.get_queue(db, queue_id), form, exc)
     return see_other(f"/routing/queues/{queue_id}?saved=1")
 
 
