@@ -220,18 +220,26 @@ async def update_channel(
     if secret:
         channel.secret = secret
         changed.append("secret")  # that it changed, never what to
+    await _record_changes(db, principal, channel, "webhook_channel", changed)
+    return channel
+
+
+async def _record_changes(
+    db: AsyncSession, principal: Principal, row: Any, object_type: str, changed: list[str]
+) -> None:
+    """Stamps and audits an edit of a channel or subscription (the names of the fields changed, never a
+    secret's value)."""
     if changed:
-        channel.updated_at = utcnow()
+        row.updated_at = utcnow()
         await audit.record(
             db,
             _actor(principal),
-            "webhook_channel.updated",
-            object_type="webhook_channel",
-            object_id=channel.id,
+            f"{object_type}.updated",
+            object_type=object_type,
+            object_id=row.id,
             details={"fields": changed},
         )
     await db.flush()
-    return channel
 
 
 # --- inbound messages ------------------------------------------------------------------------------------
@@ -550,17 +558,7 @@ async def update_subscription(
     if secret:
         subscription.secret = secret
         changed.append("secret")
-    if changed:
-        subscription.updated_at = utcnow()
-        await audit.record(
-            db,
-            _actor(principal),
-            "webhook_subscription.updated",
-            object_type="webhook_subscription",
-            object_id=subscription.id,
-            details={"fields": changed},
-        )
-    await db.flush()
+    await _record_changes(db, principal, subscription, "webhook_subscription", changed)
     return subscription
 
 
