@@ -129,3 +129,31 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     import math
 
     return sorted_values[max(0, math.ceil(len(sorted_values) * fraction) - 1)]
+
+
+def latency_ms(sorted_seconds: list[float], points: tuple[str, ...] = ("p50", "p95", "p99", "max")) -> dict[str, float]:
+    """Latency figures in milliseconds (one decimal) of an already sorted list of seconds."""
+    fractions = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+    return {
+        point: round((sorted_seconds[-1] if point == "max" else percentile(sorted_seconds, fractions[point])) * 1000, 1)
+        for point in points
+    }
+
+
+async def postgres_reachable() -> bool:
+    """Whether the benchmark PostgreSQL server answers (otherwise the benchmark uses SQLite)."""
+    try:
+        await asyncio.wait_for(pg_admin("SELECT 1"), timeout=3)
+    except Exception:  # noqa: BLE001 - any failure means: use SQLite
+        return False
+    return True
+
+
+async def session_cookie(base: str, username: str, password: str = PASSWORD) -> str:
+    """Signs in over the API; returns the session cookie (what a desk's WebSocket sends)."""
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        response = await client.post("/api/v1/auth/login", json={"login": username, "password": password})
+        response.raise_for_status()
+        cookie = client.cookies.get("kefu_session")
+    assert cookie
+    return cookie

@@ -31,20 +31,10 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_support import PASSWORD, fresh_database, kefu_server, percentile  # noqa: E402
+from bench_support import PASSWORD, fresh_database, kefu_server, percentile, postgres_reachable  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 QUEUE = "bench-chat"
-
-
-async def _postgres_reachable() -> bool:
-    from bench_support import pg_admin
-
-    try:
-        await asyncio.wait_for(pg_admin("SELECT 1"), timeout=3)
-    except Exception:  # noqa: BLE001 - any failure: use SQLite
-        return False
-    return True
 
 
 async def _setup_database(database_url: str, agents: int) -> list[str]:
@@ -315,7 +305,7 @@ async def main() -> None:
         parser.error("each agent holds at most 20 chats: add agents")
     backend = args.database
     if backend == "auto":
-        backend = "postgresql" if await _postgres_reachable() else "sqlite"
+        backend = "postgresql" if await postgres_reachable() else "sqlite"
     async with fresh_database(backend) as (database_url, data_dir):
         result = await run(database_url, data_dir, args)
     print(

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 import uuid
@@ -36,35 +33,27 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_support import PASSWORD, fresh_database, kefu_server, pg_admin, token_for  # noqa: E402
+from bench_support import (  # noqa: E402
+    PASSWORD,
+    fresh_database,
+    kefu_server,
+    latency_ms,
+    percentile,
+    postgres_reachable,
+    session_cookie,
+    token_for,
+)
+
+from kefu.core import signing  # noqa: E402
 
 TARGET_P95_SECONDS = 1.0
 DRAIN_SECONDS = 15.0
 SECRET = "bench-" + uuid.uuid4().hex
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    return values[max(0, min(len(values) - 1, int(round(len(values) * fraction)) - 1))]
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 1)
-
-
 def _signed(payload: dict) -> tuple[bytes, dict[str, str]]:
     raw = json.dumps(payload, separators=(",", ":")).encode()
-    ts = str(int(time.time()))
-    mac = hmac.new(SECRET.encode(), f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
-    headers = {"X-Kefu-Timestamp": ts, "X-Kefu-Signature": f"sha256={mac}", "Content-Type": "application/json"}
-    return raw, headers
-
-
-async def _postgres_reachable() -> bool:
-    try:
-        await asyncio.wait_for(pg_admin("SELECT 1"), timeout=3)
-    except Exception:  # noqa: BLE001 - any failure means: use SQLite
-        return False
-    return True
+    return raw, {**signing.signed_headers(SECRET, raw), "Content-Type": "application/json"}
 
 
 async def _make_agents(api: httpx.AsyncClient, count: int) -> list[tuple[int, str, str]]:
@@ -82,15 +71,6 @@ async def _make_agents(api: httpx.AsyncClient, count: int) -> list[tuple[int, st
         (await api.put(f"/api/v1/cti/extensions/{user_id}", json={"extension": extension})).raise_for_status()
         agents.append((user_id, username, extension))
     return agents
-
-
-async def _sign_in(base: str, username: str) -> str:
-    async with httpx.AsyncClient(base_url=base, timeout=60) as c:
-        response = await c.post("/api/v1/auth/login", json={"login": username, "password": PASSWORD})
-        response.raise_for_status()
-        cookie = c.cookies.get("kefu_session")
-    assert cookie
-    return cookie
 
 
 async def _listen(agent_id: int, ws: ClientConnection, received: dict[str, tuple[float, int]]) -> None:
@@ -116,7 +96,7 @@ async def _measure(base: str, agents: int, calls: int, rate: float) -> dict:
         received: dict[str, tuple[float, int]] = {}  # caller number -> (pop arrived, agent)
         ws_url = base.replace("http://", "ws://", 1) + "/ws"
         for agent_id, username, _ in made:
-            cookie = await _sign_in(base, username)
+            cookie = await session_cookie(base, username)
             ws = await connect(ws_url, origin=base, additional_headers={"Cookie": f"kefu_session={cookie}"})
             hello = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
             assert hello["type"] == "hello" and hello["data"]["user_id"] == agent_id, hello
@@ -189,19 +169,10 @@ async def _measure(base: str, agents: int, calls: int, rate: float) -> dict:
             "setup_seconds": round(setup_seconds, 1),
         }
         if latencies:
-            result["ringing_to_pop_ms"] = {
-                "p50": _ms(statistics.median(latencies)),
-                "p95": _ms(_percentile(latencies, 0.95)),
-                "p99": _ms(_percentile(latencies, 0.99)),
-                "max": _ms(latencies[-1]),
-            }
-            result["meets_target"] = _percentile(latencies, 0.95) <= TARGET_P95_SECONDS and not result["pops_missing"]
+            result["ringing_to_pop_ms"] = latency_ms(latencies)
+            result["meets_target"] = percentile(latencies, 0.95) <= TARGET_P95_SECONDS and not result["pops_missing"]
         if ringing_api:
-            result["ringing_response_ms"] = {
-                "p50": _ms(statistics.median(ringing_api)),
-                "p95": _ms(_percentile(ringing_api, 0.95)),
-                "max": _ms(ringing_api[-1]),
-            }
+            result["ringing_response_ms"] = latency_ms(ringing_api, ("p50", "p95", "max"))
         return result
     finally:
         for task in listeners:
@@ -225,7 +196,7 @@ async def main() -> None:
         parser.error("--agents, --calls and --rate must be positive")
     database = args.database
     if database == "auto":
-        database = "postgresql" if await _postgres_reachable() else "sqlite"
+        database = "postgresql" if await postgres_reachable() else "sqlite"
     results: dict[str, object] = {
         "benchmark": "cti_screen_pop",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -234,7 +205,7 @@ async def main() -> None:
         "agents": args.agents,
         "calls": args.calls,
         "rate_per_second": args.rate,
-        "target_p95_ms": _ms(TARGET_P95_SECONDS),
+        "target_p95_ms": round(TARGET_P95_SECONDS * 1000, 1),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     env = {"KEFU_CTI_SECRET": SECRET, "KEFU_CTI_IVR": "false"}
