@@ -99,8 +99,10 @@ async def contact(
     channel: str | None = None,
     customer_id: int | None = None,
     priority: int = 0,
+    route: bool = True,
 ) -> int:
-    """A new inbound contact enqueued (and routed) at ``now``; returns its interaction id."""
+    """A new inbound contact enqueued (and routed, unless ``route`` is false) at ``now``; returns its
+    interaction id."""
     async with app.state.session_factory() as db, db.begin():
         view, _ = await interactions.create_interaction(
             db,
@@ -117,6 +119,7 @@ async def contact(
             customer_id=customer_id,
             priority=priority,
             now=now,
+            route=route,
         )
         return view.interaction.id
 

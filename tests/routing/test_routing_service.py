@@ -24,7 +24,7 @@ from tests.routing.routing_support import (
 
 from kefu.interactions.models import Interaction
 from kefu.routing import service as routing
-from kefu.routing.models import AgentStateChange, Offer, RoutingEntry
+from kefu.routing.models import AgentState, AgentStateChange, Offer, RoutingEntry
 
 
 async def test_contact_is_offered_accepted_ended_and_the_next_one_follows(app, make) -> None:
@@ -382,8 +382,9 @@ async def test_among_equals_the_longest_idle_agent_gets_the_contact(app, make) -
 
 
 async def test_a_claim_on_an_agent_who_just_left_changes_nothing(app, make) -> None:
-    """The agent went on a break between the candidate query and the claim: the entry's compare-and-set
-    succeeded, the agent's failed, so the entry is given back and no offer exists."""
+    """The agent went on a break between the candidate query and the claim: nobody is offered the contact
+    (PostgreSQL never takes the entry; SQLite takes it, fails the agent's compare-and-set and gives it
+    back), and no offer exists."""
     t = clock()
     queue = await make_queue(app)
     agent = await make_agent(app, make, queues=(queue.id,))
@@ -392,10 +393,45 @@ async def test_a_claim_on_an_agent_who_just_left_changes_nothing(app, make) -> N
     async with app.state.session_factory() as db, db.begin():
         found = await db.get(RoutingEntry, call)
         info = (await routing.load_queues(db, [queue.id]))[queue.id]
-        made, still_waiting = await routing._claim(db, found, info, agent.id, 0, False, t.now, routing.config())
+        made, still_waiting = await routing._claim(
+            db, found, info, [routing.Choice(agent.id, 0, False)], t.now, routing.config()
+        )
         assert made is None and still_waiting
     found = await entry(app, call)
     assert found.state == "waiting" and found.offer_agent_id is None and found.offers_made == 0
     async with app.state.session_factory() as db:
         assert await db.scalar(select(func.count()).select_from(Offer).where(Offer.interaction_id == call)) == 0
     assert (await state_of(app, agent)).load_voice == 0
+
+
+async def test_a_claim_passes_over_ranked_agents_who_cannot_take_the_contact(app, make) -> None:
+    """The claim gets the ranked agents, best first: one who left meanwhile (and, on PostgreSQL, one whom
+    another transaction holds right now) is passed over in the same claim, and the offer records the level
+    and stickiness of the agent who got it."""
+    t = clock()
+    queue = await make_queue(app)
+    gone, held, free = [await make_agent(app, make, queues=(queue.id,)) for _ in range(3)]
+    for agent in (gone, held, free):
+        await set_presence(app, agent, "available", t.advance(1))
+    call = await contact(app, queue, t.advance(1), route=False)
+    await set_presence(app, gone, "break", t.advance(1), reason="meal")  # after the ranking, before the claim
+    postgres = app.state.engine.dialect.name == "postgresql"
+    async with app.state.session_factory() as other, other.begin():
+        if postgres:  # another decision holds this agent's row while ours runs
+            await other.execute(select(AgentState).where(AgentState.user_id == held.id).with_for_update())
+        async with app.state.session_factory() as db, db.begin():
+            found = await db.get(RoutingEntry, call)
+            info = (await routing.load_queues(db, [queue.id]))[queue.id]
+            choices = [routing.Choice(gone.id, 3, False), routing.Choice(held.id, 2, False)]
+            choices.append(routing.Choice(free.id, 1, True))
+            if not postgres:
+                choices.remove(choices[1])
+            made, still_waiting = await routing._claim(db, found, info, choices, t.now, routing.config())
+    assert made is not None and still_waiting
+    assert (made.agent_id, made.level, made.sticky) == (free.id, 1, True)
+    assert await offered_to(app, call) == free.id
+    async with app.state.session_factory() as db:
+        offer = await db.scalar(select(Offer).where(Offer.interaction_id == call, Offer.outcome.is_(None)))
+        assert (offer.agent_id, offer.level, offer.sticky) == (free.id, 1, True)
+    assert (await state_of(app, free)).load_voice == 1
+    assert (await state_of(app, held)).load_voice == 0 and (await state_of(app, gone)).load_voice == 0

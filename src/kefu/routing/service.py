@@ -31,6 +31,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -49,6 +50,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import Grouping
 
 from kefu.core import audit
 from kefu.core.errors import Conflict, Forbidden, Invalid, NotFound
@@ -816,10 +818,13 @@ async def route_contact(
     queue = (await load_queues(db, [entry.queue_id]))[entry.queue_id]
     contact = contact_view(entry)
     agents = await _candidate_agents(db, entry, queue, now, cfg)
-    for agent in policy.rank_agents(contact, queue.rule, agents, cfg.rest, now.timestamp()):
-        level = queue.rule.first_level(agent.skills) or 0
-        sticky = contact.sticky_for(now.timestamp()) == agent.id
-        offer, still_waiting = await _claim(db, entry, queue, agent.id, level, sticky, now, cfg)
+    sticky_agent = contact.sticky_for(now.timestamp())
+    choices = [
+        Choice(agent.id, queue.rule.first_level(agent.skills) or 0, sticky_agent == agent.id)
+        for agent in policy.rank_agents(contact, queue.rule, agents, cfg.rest, now.timestamp())
+    ]
+    if choices:
+        offer, still_waiting = await _claim(db, entry, queue, choices, now, cfg)
         if offer is not None:
             return offer
         if not still_waiting:
@@ -890,75 +895,113 @@ class OfferMade:
     sticky: bool
 
 
-def _offer_values(
-    entry: RoutingEntry | EntryRow, agent_id: int, now: datetime, expires: datetime, level: int, sticky: bool
-) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """An agent a claim may offer the contact to, and what that offer records."""
+
+    agent_id: int
+    level: int
+    sticky: bool
+
+
+def _offer_values(entry: RoutingEntry | EntryRow, choice: Choice, now: datetime, expires: datetime) -> dict[str, Any]:
     return {
         "interaction_id": entry.interaction_id,
         "queue_id": entry.queue_id,
-        "agent_id": agent_id,
+        "agent_id": choice.agent_id,
         "offered_at": now,
         "expires_at": expires,
-        "level": level,
-        "sticky": sticky,
+        "level": choice.level,
+        "sticky": choice.sticky,
     }
 
 
-def _claim_parts(dialect: str, cls: str, rest: bool) -> tuple[Any, Any, Any]:
-    """The three steps of a claim as statements with bind parameters (named unlike any column: Core adds a
-    parameter named like a column of an UPDATE's table to its SET clause): the compare-and-set on the
-    entry (still waiting, same version, nobody else holding it), the one on the agent (still present,
-    rested, with capacity, nobody else holding them), and the offer row."""
-    entries, agents = RoutingEntry.__table__, AgentState.__table__
-    when = UTCDateTime()
-    interaction_id = bindparam("p_interaction_id", type_=BigInteger())
-    agent_id = bindparam("p_agent_id", type_=BigInteger())
-    expires_at = bindparam("p_expires_at", type_=when)
-
-    taken = (
+def _entry_taken(dialect: str, agent_id: Any) -> Any:
+    """The compare-and-set on the entry (still waiting, same version, nobody else holding it) that marks it
+    offered to ``agent_id``. Bind parameters are named unlike any column: Core adds a parameter named like
+    a column of an UPDATE's table to its SET clause."""
+    entries = RoutingEntry.__table__
+    return (
         update(entries)
         .where(
-            entries.c.interaction_id.in_(_unlocked(dialect, entries.c.interaction_id, interaction_id)),
+            entries.c.interaction_id.in_(
+                _unlocked(dialect, entries.c.interaction_id, bindparam("p_interaction_id", type_=BigInteger()))
+            ),
             entries.c.state == EntryState.waiting,
             entries.c.version == bindparam("p_version"),
         )
         .values(
             state=EntryState.offered,
             offer_agent_id=agent_id,
-            offer_expires_at=expires_at,
+            offer_expires_at=bindparam("p_expires_at", type_=UTCDateTime()),
             offers_made=entries.c.offers_made + 1,
             review_at=null(),
             version=entries.c.version + 1,
         )
     )
+
+
+def _agent_reserved(cls: str, rest: bool, where: Any) -> Any:
+    """One more contact of class ``cls`` on the agent row(s) ``where``, if still routable with capacity."""
+    agents = AgentState.__table__
     load = agents.c[LOAD_COLUMNS[cls]]
-    reserved = (
+    return (
         update(agents)
-        .where(agents.c.user_id.in_(_unlocked(dialect, agents.c.user_id, agent_id)), _routable_clause(cls, rest))
+        .where(where, _routable_clause(cls, rest))
         .values({load: load + 1, agents.c.version: agents.c.version + 1})
     )
-    made_from = {
-        "interaction_id": interaction_id,
+
+
+def _offer_columns(agent_id: Any, level: Any, sticky: Any) -> dict[str, Any]:
+    return {
+        "interaction_id": bindparam("p_interaction_id", type_=BigInteger()),
         "queue_id": bindparam("p_queue_id", type_=BigInteger()),
         "agent_id": agent_id,
-        "offered_at": bindparam("p_offered_at", type_=when),
-        "expires_at": expires_at,
-        "level": bindparam("p_level", type_=Integer()),
-        "sticky": bindparam("p_sticky", type_=Boolean()),
+        "offered_at": bindparam("p_offered_at", type_=UTCDateTime()),
+        "expires_at": bindparam("p_expires_at", type_=UTCDateTime()),
+        "level": level,
+        "sticky": sticky,
     }
-    return taken, reserved, made_from
 
 
 def _claim_statement(cls: str, rest: bool) -> Any:
-    """PostgreSQL: the three steps in one statement (data-modifying CTEs; each step runs only if the one
-    before it returned its row), and the interaction's first "offered" time stamped in the same round trip."""
+    """PostgreSQL: a whole claim in one statement (data-modifying CTEs). ``pick`` locks the first of the
+    ranked agents (``p_agent_ids``, best first) who is still routable with capacity and whom no other
+    transaction holds; only then is the entry taken, the agent reserved, the offer written and the
+    interaction's first "offered" time stamped, each step only if the one before returned its row.
+
+    Several decisions running at once often rank the same agents first: a locked or filled-up agent is
+    skipped inside the statement, instead of costing a failed claim, a give-back and another round trip.
+    Returns (agents picked, entries taken, offer id, agent id)."""
     from kefu.interactions import service as interactions
 
-    taken, reserved, made_from = _claim_parts("postgresql", cls, rest)
     agents, offers = AgentState.__table__, Offer.__table__
-    taken = taken.returning(RoutingEntry.__table__.c.interaction_id).cte("taken")
-    reserved = reserved.where(select(taken.c.interaction_id).exists()).returning(agents.c.user_id).cte("reserved")
-    made_from["agent_id"] = reserved.c.user_id
+    ids = bindparam("p_agent_ids", type_=postgresql.ARRAY(BigInteger()))
+    pick = (
+        select(agents.c.user_id)
+        .where(agents.c.user_id == any_(ids), _routable_clause(cls, rest))
+        .order_by(func.array_position(ids, agents.c.user_id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .cte("pick")
+    )
+    picked = select(pick.c.user_id).scalar_subquery()
+    taken = (
+        _entry_taken("postgresql", picked)
+        .where(select(pick.c.user_id).exists())
+        .returning(RoutingEntry.__table__.c.interaction_id)
+        .cte("taken")
+    )
+    reserved = (
+        _agent_reserved(cls, rest, and_(agents.c.user_id == picked, select(taken.c.interaction_id).exists()))
+        .returning(agents.c.user_id)
+        .cte("reserved")
+    )
+    position = func.array_position(ids, reserved.c.user_id)
+    # Parenthesized: a bare "$1::INTEGER[][n]" would read as a type.
+    levels = Grouping(bindparam("p_levels", type_=postgresql.ARRAY(Integer())))
+    stickies = Grouping(bindparam("p_stickies", type_=postgresql.ARRAY(Boolean())))
+    made_from = _offer_columns(reserved.c.user_id, levels[position], stickies[position])
     made = (
         insert(offers)
         .from_select(list(made_from), select(*made_from.values()))
@@ -973,9 +1016,22 @@ def _claim_statement(cls: str, rest: bool) -> Any:
         .cte("stamped")
     )
     return select(
+        select(func.count()).select_from(pick).scalar_subquery(),
         select(func.count()).select_from(taken).scalar_subquery(),
         select(made.c.id).scalar_subquery(),
+        select(reserved.c.user_id).scalar_subquery(),
         select(func.count()).select_from(stamped).scalar_subquery(),
+    )
+
+
+def _claim_steps(dialect: str, cls: str, rest: bool) -> tuple[Any, Any]:
+    """SQLite (one writer at a time, no data-modifying CTEs): the entry's and the agent's compare-and-set
+    as two statements, run one after the other for one agent."""
+    agent_id = bindparam("p_agent_id", type_=BigInteger())
+    agents = AgentState.__table__
+    return (
+        _entry_taken(dialect, agent_id),
+        _agent_reserved(cls, rest, agents.c.user_id.in_(_unlocked(dialect, agents.c.user_id, agent_id))),
     )
 
 
@@ -988,73 +1044,105 @@ def _claim_params(
 
 
 async def _claim_in_one_statement(
-    db: AsyncSession, entry: RoutingEntry | EntryRow, values: dict[str, Any], now: datetime, cfg: RoutingConfig
-) -> tuple[bool, int | None]:
-    """PostgreSQL: one round trip. Returns (entry taken, offer id)."""
+    db: AsyncSession,
+    entry: RoutingEntry | EntryRow,
+    choices: Sequence[Choice],
+    now: datetime,
+    expires: datetime,
+    cfg: RoutingConfig,
+) -> tuple[bool, Choice | None, int | None]:
+    """PostgreSQL: one round trip whatever the number of agents tried. Returns (entry taken, the agent's
+    choice, offer id); (False, choice, None) means the contact went elsewhere, (False, None, None) that
+    none of the agents could take it."""
     rest = cfg.rest.after_seconds > 0
     statement = _statement(("claim", entry.channel_class, rest), lambda: _claim_statement(entry.channel_class, rest))
-    row = (await db.execute(statement, _claim_params(entry, values, now, cfg))).one()
-    return bool(row[0]), row[1]
+    params = _claim_params(entry, _offer_values(entry, choices[0], now, expires), now, cfg)
+    del params["p_agent_id"], params["p_level"], params["p_sticky"]
+    params.update(
+        p_agent_ids=[c.agent_id for c in choices],
+        p_levels=[c.level for c in choices],
+        p_stickies=[c.sticky for c in choices],
+    )
+    picked, taken, offer_id, agent_id, _stamped = (await db.execute(statement, params)).one()
+    if not picked:
+        return False, None, None
+    chosen = next(c for c in choices if c.agent_id == agent_id) if agent_id is not None else choices[0]
+    return bool(taken), chosen, offer_id
 
 
 async def _claim_step_by_step(
-    db: AsyncSession, entry: RoutingEntry | EntryRow, values: dict[str, Any], now: datetime, cfg: RoutingConfig
-) -> tuple[bool, int | None]:
-    """SQLite (one writer at a time, no data-modifying CTEs): the same steps one after the other."""
+    db: AsyncSession,
+    entry: RoutingEntry | EntryRow,
+    choices: Sequence[Choice],
+    now: datetime,
+    expires: datetime,
+    cfg: RoutingConfig,
+) -> tuple[bool, Choice | None, int | None]:
+    """SQLite: the same as _claim_in_one_statement, one agent after the other."""
     rest = cfg.rest.after_seconds > 0
     dialect = db.bind.dialect.name
     key = ("claim_steps", dialect, entry.channel_class, rest)
-    taken, reserved, made_from = _statement(key, lambda: _claim_parts(dialect, entry.channel_class, rest))
-    params = _claim_params(entry, values, now, cfg)
-    if (await db.execute(taken, params)).rowcount != 1:
-        return False, None
-    if (await db.execute(reserved, params)).rowcount != 1:
-        return True, None
-    return True, await db.scalar(insert(Offer.__table__).values(values).returning(Offer.__table__.c.id))
+    taken, reserved = _statement(key, lambda: _claim_steps(dialect, entry.channel_class, rest))
+    for choice in choices:
+        values = _offer_values(entry, choice, now, expires)
+        params = _claim_params(entry, values, now, cfg)
+        if (await db.execute(taken, params)).rowcount != 1:
+            return False, choice, None
+        if (await db.execute(reserved, params)).rowcount == 1:
+            return True, choice, await db.scalar(insert(Offer.__table__).values(values).returning(Offer.__table__.c.id))
+        await _untake(db, entry)  # this agent changed meanwhile: the next one
+    return False, None, None
+
+
+async def _untake(db: AsyncSession, entry: RoutingEntry | EntryRow) -> None:
+    """Give back an entry this transaction took for an agent it then could not reserve (we hold its row)."""
+    await db.execute(
+        update(RoutingEntry)
+        .where(RoutingEntry.interaction_id == entry.interaction_id)
+        .values(
+            state=EntryState.waiting,
+            offer_agent_id=None,
+            offer_expires_at=None,
+            offers_made=RoutingEntry.offers_made - 1,
+            version=RoutingEntry.version + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    _seen(entry, version=entry.version + 2)  # taken (+1), given back (+1)
 
 
 async def _claim(
     db: AsyncSession,
     entry: RoutingEntry | EntryRow,
     queue: QueueInfo,
-    agent_id: int,
-    level: int,
-    sticky: bool,
+    choices: Sequence[Choice],
     now: datetime,
     cfg: RoutingConfig,
 ) -> tuple[OfferMade | None, bool]:
-    """Offer ``entry`` to ``agent_id``: both compare-and-set updates succeed, or nothing is changed.
-    Returns the offer (or None) and whether the contact is still waiting for someone else to be tried."""
+    """Offer ``entry`` to the first of ``choices`` (best first) who can take it now: the entry's and the
+    agent's compare-and-set both succeed, or nothing is changed. Returns the offer (or None) and whether
+    the contact is still waiting (nobody could take it, rather than someone else taking the contact)."""
     from kefu.interactions import service as interactions
 
     expires = now + timedelta(seconds=queue.offer_timeout_seconds)
-    values = _offer_values(entry, agent_id, now, expires, level, sticky)
     in_one_statement = db.bind.dialect.name == "postgresql"
     claim = _claim_in_one_statement if in_one_statement else _claim_step_by_step
-    taken, offer_id = await claim(db, entry, values, now, cfg)
+    taken, choice, offer_id = await claim(db, entry, choices, now, expires, cfg)
+    if choice is None:
+        return None, True  # none of them could take it: the contact still waits
     if not taken:
-        return None, False
+        return None, False  # the contact went elsewhere (or another transaction holds it)
     if offer_id is None:
-        # The agent changed meanwhile: give the entry back (we hold its row lock) and try someone else.
-        await db.execute(
-            update(RoutingEntry)
-            .where(RoutingEntry.interaction_id == entry.interaction_id)
-            .values(
-                state=EntryState.waiting,
-                offer_agent_id=None,
-                offer_expires_at=None,
-                offers_made=RoutingEntry.offers_made - 1,
-                version=RoutingEntry.version + 1,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        _seen(entry, version=entry.version + 2)
+        # Taken, but the agent we hold failed the capacity guard: cannot happen while the pick holds the
+        # agent's row; handled all the same, never leaving the contact marked offered to nobody.
+        await _untake(db, entry)
         return None, True
+    values = _offer_values(entry, choice, now, expires)
     offer = OfferMade(id=offer_id, **values)
     _seen(
         entry,
         state=EntryState.offered,
-        offer_agent_id=agent_id,
+        offer_agent_id=choice.agent_id,
         offer_expires_at=expires,
         offers_made=entry.offers_made + 1,
         review_at=None,
@@ -1074,7 +1162,7 @@ async def _claim(
                 "expires_at": expires.isoformat(),
                 "timeout_seconds": queue.offer_timeout_seconds,
             },
-            user_ids=(agent_id,),
+            user_ids=(choice.agent_id,),
         ),
     )
     return offer, True
@@ -1247,9 +1335,10 @@ async def route_agent(
         for contact in ranked:
             entry = by_id[contact.id]
             queue = queues[entry.queue_id]
-            level = queue.rule.first_level(agent.skills) or 0
-            sticky = contact.sticky_for(now.timestamp()) == user_id
-            claimed, _still_waiting = await _claim(db, entry, queue, user_id, level, sticky, now, cfg)
+            choice = Choice(
+                user_id, queue.rule.first_level(agent.skills) or 0, contact.sticky_for(now.timestamp()) == user_id
+            )
+            claimed, _still_waiting = await _claim(db, entry, queue, [choice], now, cfg)
             skip.add(contact.id)
             if claimed is not None:
                 agent.load[entry.channel_class] = agent.load.get(entry.channel_class, 0) + 1
