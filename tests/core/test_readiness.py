@@ -84,6 +84,45 @@ async def test_readyz_follows_the_database_and_recovers(settings) -> None:
     await relay.cut()
 
 
+async def test_an_idle_pooled_connection_is_pinged_and_replaced_after_an_outage(monkeypatch) -> None:
+    """A connection idle longer than PING_WHEN_IDLE_SECONDS is pinged at checkout: after the database was
+    cut and came back, the next query gets a fresh connection instead of failing. One used a moment ago
+    is not pinged (the hot paths save that round trip)."""
+    if not await _pg_available():
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    from sqlalchemy import text
+
+    from kefu.db import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PING_WHEN_IDLE_SECONDS", 0.3)
+    relay = Relay()
+    await relay.start()
+    engine = engine_module.make_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{relay.port}/postgres")
+    dialect = engine.sync_engine.dialect
+    pings = []
+    real_ping = dialect.do_ping
+
+    def counted_ping(dbapi_connection):  # noqa: ANN001, ANN202 - DB-API object
+        pings.append(1)
+        return real_ping(dbapi_connection)
+
+    dialect.do_ping = counted_ping
+    try:
+        for _ in range(5):  # back to back: no ping
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        assert pings == []
+        await relay.cut()
+        await relay.start()  # back on the same address; the pooled connection is dead
+        await asyncio.sleep(0.4)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 2"))).scalar() == 2
+        assert len(pings) == 1  # the dead one failed its ping and was replaced
+    finally:
+        await engine.dispose()
+        await relay.cut()
+
+
 @pytest.mark.skipif(
     os.environ.get("KEFU_TEST_DATABASE_URL", "sqlite").startswith("sqlite") is False, reason="SQLite-specific"
 )
