@@ -69,3 +69,36 @@ async def test_sql_candidate_order_is_the_policy_order(app, make) -> None:
         assert ranked, waited
         expected = [a.id for a in ranked[: routing.AGENTS_PER_DECISION]]
         assert [a.id for a in picked] == expected, waited
+
+
+async def test_the_skill_count_the_ranking_reads_follows_every_change_of_skills(app, make) -> None:
+    """agent_states.skill_count (kept by database triggers) is right when the routing row is created,
+    after the skills are replaced through the service, and after rows are written to agent_skills directly."""
+    from sqlalchemy import delete, insert, select
+
+    from kefu.core.audit import Actor
+    from kefu.identity import service as identity
+    from kefu.identity.models import AgentSkill
+
+    t = clock()
+    skills = [await make.skill() for _ in range(4)]
+    agent = await make_agent(app, make, skills={skills[0]: 3, skills[1]: 2})
+
+    async def counted() -> int:
+        async with app.state.session_factory() as db:
+            return await db.scalar(select(AgentState.skill_count).where(AgentState.user_id == agent.id))
+
+    await set_presence(app, agent, "available", t.now)  # creates the routing row
+    assert await counted() == 2
+    async with app.state.session_factory() as db, db.begin():
+        loaded = await identity.get_user(db, agent.id)
+        await identity.set_agent_skills(
+            db, Actor.system("test"), loaded, skills={s: 1 for s in skills[:3]}, languages=()
+        )
+    assert await counted() == 3
+    async with app.state.session_factory() as db, db.begin():
+        await db.execute(insert(AgentSkill), [{"user_id": agent.id, "skill_id": skills[3], "proficiency": 5}])
+    assert await counted() == 4
+    async with app.state.session_factory() as db, db.begin():
+        await db.execute(delete(AgentSkill).where(AgentSkill.user_id == agent.id))
+    assert await counted() == 0

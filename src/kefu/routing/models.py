@@ -160,6 +160,9 @@ class AgentState(Base):
     voice_blocks_others: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
     others_block_voice: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     version: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # How many skills the agent has, kept by database triggers on agent_skills (migration 0012); the
+    # ranking query orders by it.
+    skill_count: Mapped[int] = mapped_column(Integer, server_default="0", nullable=False)
 
     __table_args__ = (
         CheckConstraint(
