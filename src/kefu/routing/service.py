@@ -536,9 +536,18 @@ def _entry_insert_stamped(names: tuple[str, ...]) -> Any:
         .cte("stamped")
     )
     return select(
-        select(func.count()).select_from(inserted).scalar_subquery(),
-        select(func.count()).select_from(stamped).scalar_subquery(),
+        select(func.count()).select_from(inserted).scalar_subquery().label("inserted"),
+        select(func.count()).select_from(stamped).scalar_subquery().label("stamped"),
     )
+
+
+def _entry_insert_ranked(names: tuple[str, ...], shape: tuple[Any, ...]) -> Any:
+    """PostgreSQL: _entry_insert_stamped and the ranking query (_candidates_statement) in one round trip. A
+    new contact's candidates depend on its queue and the agents, not on its entry row. One row per
+    candidate (none: one row of NULLs), each with the insert's count; the order is the policy's to make."""
+    written = _entry_insert_stamped(names).subquery("written")
+    ranked = _candidates_statement(*shape).subquery("ranked")
+    return select(written.c.inserted, ranked).select_from(written.outerjoin(ranked, true()))
 
 
 async def enqueue(
@@ -598,12 +607,24 @@ async def enqueue(
         "offers_made": 0,
         "version": 0,
     }
+    entry = EntryRow(**{name: values[name] for name in EntryRow.__slots__})  # type: ignore[attr-defined]
+    closed_matters = queue.calendar_id is not None and queue.closed_action != MaxWaitAction.keep
+    candidates = None
     if in_one_statement:
-        # The entry and the interaction's "queued" stamp in one round trip (a data-modifying CTE).
+        # The entry and the interaction's "queued" stamp in one round trip (a data-modifying CTE) and,
+        # when the contact is routed right away, the ranking query with them.
         params = {f"p_{name}": value for name, value in values.items()}
+        params["p_queue"] = queue.code
         names = tuple(values)
-        statement = _statement(("entry_insert_stamped", names), lambda: _entry_insert_stamped(names))
-        inserted, _stamped = (await db.execute(statement, {**params, "p_queue": queue.code})).one()
+        if route and not closed_matters:
+            shape, ranking = _candidates_query("postgresql", entry, queue, now, _config)
+            statement = _statement(("entry_insert_ranked", names, shape), lambda: _entry_insert_ranked(names, shape))
+            rows = (await db.execute(statement, {**params, **ranking})).all()
+            inserted = rows[0].inserted
+            candidates = _candidate_views((row for row in rows if row.user_id is not None), queue)
+        else:
+            statement = _statement(("entry_insert_stamped", names), lambda: _entry_insert_stamped(names))
+            inserted = (await db.execute(statement, params)).one().inserted
         if not inserted:
             existing = await _entry_row(db, interaction_id)
             assert existing is not None  # the conflict proves the row is there
@@ -612,10 +633,9 @@ async def enqueue(
         # A constant INSERT executed with the row as parameters: built and compiled once.
         await db.execute(_statement(("entry_insert",), lambda: insert(RoutingEntry.__table__)), values)
         await interactions.routing_stamp(db, interaction_id, "queued", now, queue=queue.code)
-    entry = EntryRow(**{name: values[name] for name in EntryRow.__slots__})  # type: ignore[attr-defined]
     _entry_event(db, entry, "queued")
     result = EnqueueResult(entry, True)
-    if queue.calendar_id is not None and queue.closed_action != MaxWaitAction.keep:
+    if closed_matters:
         from kefu.tickets import calendar
 
         if not calendar.is_business_time(await calendar.load_calendar(db, queue.calendar_id), now):
@@ -624,7 +644,7 @@ async def enqueue(
             result.action = await _take_action(db, row, queue, queue.closed_action, now, why="closed")
             return result
     if route:
-        result.offer = await route_contact(db, interaction_id, now=now, entry=entry)
+        result.offer = await route_contact(db, interaction_id, now=now, entry=entry, candidates=candidates)
     return result
 
 
@@ -700,7 +720,8 @@ def _occupancy_sql(dialect: str) -> Any:
     for cls in policy.CHANNEL_CLASSES:
         load = getattr(AgentState, LOAD_COLUMNS[cls])
         cap = getattr(AgentState, CAP_COLUMNS[cls])
-        shares.append(case((cap > 0, cast(load, Float) / cap), else_=literal(0.0, Float)))
+        # Both sides float: an integer divisor would make PostgreSQL divide in NUMERIC, per row.
+        shares.append(case((cap > 0, cast(load, Float) / cast(cap, Float)), else_=literal(0.0, Float)))
     greatest = func.greatest if dialect == "postgresql" else func.max
     return greatest(*shares)
 
@@ -736,9 +757,6 @@ def _candidates_statement(
         )
         whens.append((met, level))
     level_sql = case(*whens, else_=None) if whens else literal(0)
-    skill_count = (
-        select(func.count()).select_from(AgentSkill).where(AgentSkill.user_id == AgentState.user_id).scalar_subquery()
-    )
     query = query.where(_routable_clause(cls, rest), level_sql.is_not(None))
     # A reserved (sticky) contact: only the customer's agent, at any level.
     query = query.where(
@@ -754,32 +772,26 @@ def _candidates_statement(
     total = sum(proficiency.values(), literal(0)) if proficiency else literal(0)
     occupancy = _occupancy_sql(dialect)
     return query.order_by(
-        level_sql, total.desc(), skill_count, occupancy, AgentState.idle_since, AgentState.user_id
+        level_sql, total.desc(), AgentState.skill_count, occupancy, AgentState.idle_since, AgentState.user_id
     ).limit(AGENTS_PER_DECISION)
 
 
-async def _candidate_agents(
-    db: AsyncSession, entry: RoutingEntry | EntryRow, queue: QueueInfo, now: datetime, cfg: RoutingConfig
-) -> list[policy.AgentView]:
-    """The best few members of the queue for this contact, best first, in one statement: presence,
-    capacity, rest, language, exclusions and the skill requirement at the contact's bullseye level are
-    checked in SQL, and the rows are ordered by the policy's own key (sticky, level, proficiency on the
-    queue's skills, fewest skills, least occupied, longest idle, id). Their skills are read next, and the
-    policy re-ranks them: SQL narrows, the policy decides."""
+def _candidates_query(
+    dialect: str, entry: RoutingEntry | EntryRow, queue: QueueInfo, now: datetime, cfg: RoutingConfig
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The shape of the ranking query for this contact (what its statement is built and cached by) and
+    its parameters (what varies per decision)."""
     rule = queue.rule
     sticky = entry.sticky_agent_id if entry.sticky_until is not None and entry.sticky_until > now else None
-    rest = cfg.rest.after_seconds > 0
-    dialect = db.bind.dialect.name
     shape = (
         dialect,
         rule.skills,
         rule.levels,
         entry.channel_class,
-        rest,
+        cfg.rest.after_seconds > 0,
         sticky is not None,
         rule.language is not None,
     )
-    statement = _statement(("candidates", *shape), lambda: _candidates_statement(*shape))
     params: dict[str, Any] = {
         "queue_id": queue.row_id,
         "excluded": list(entry.excluded_agents or ()),
@@ -791,12 +803,26 @@ async def _candidate_agents(
         params["reached"] = rule.level_at((now - entry.waiting_since).total_seconds())
     if rule.language is not None:
         params["language"] = rule.language
-    states = list(await db.execute(statement, params))
-    if not states:
-        return []
-    languages = frozenset([rule.language]) if rule.language is not None else frozenset()
+    return shape, params
+
+
+def _candidate_views(rows: Iterable[Any], queue: QueueInfo) -> list[policy.AgentView]:
+    languages = frozenset([queue.rule.language]) if queue.rule.language is not None else frozenset()
     member_of = frozenset([queue.row_id])
-    return [_agent_view(row, _parsed_skills(row.skills_text), languages, member_of) for row in states]
+    return [_agent_view(row, _parsed_skills(row.skills_text), languages, member_of) for row in rows]
+
+
+async def _candidate_agents(
+    db: AsyncSession, entry: RoutingEntry | EntryRow, queue: QueueInfo, now: datetime, cfg: RoutingConfig
+) -> list[policy.AgentView]:
+    """The best few members of the queue for this contact, best first, in one statement: presence,
+    capacity, rest, language, exclusions and the skill requirement at the contact's bullseye level are
+    checked in SQL, and the rows are ordered by the policy's own key (sticky, level, proficiency on the
+    queue's skills, fewest skills, least occupied, longest idle, id), their skills alongside. The policy
+    re-ranks them: SQL narrows, the policy decides."""
+    shape, params = _candidates_query(db.bind.dialect.name, entry, queue, now, cfg)
+    statement = _statement(("candidates", *shape), lambda: _candidates_statement(*shape))
+    return _candidate_views(await db.execute(statement, params), queue)
 
 
 async def route_contact(
@@ -806,9 +832,11 @@ async def route_contact(
     now: datetime | None = None,
     cfg: RoutingConfig | None = None,
     entry: EntryRow | None = None,
+    candidates: list[policy.AgentView] | None = None,
 ) -> OfferMade | None:
     """Offer a waiting contact to the best agent who can take it now; None if nobody can (its next review
-    moment is then set so the sweep comes back to it). ``entry``: the row as just written (saves a read)."""
+    moment is then set so the sweep comes back to it). ``entry``: the row as just written (saves a read);
+    ``candidates``: the ranking query's answer, when it rode along with that write."""
     now = now or utcnow()
     cfg = cfg or _config
     if entry is None:
@@ -817,7 +845,7 @@ async def route_contact(
         return None
     queue = (await load_queues(db, [entry.queue_id]))[entry.queue_id]
     contact = contact_view(entry)
-    agents = await _candidate_agents(db, entry, queue, now, cfg)
+    agents = candidates if candidates is not None else await _candidate_agents(db, entry, queue, now, cfg)
     sticky_agent = contact.sticky_for(now.timestamp())
     choices = [
         Choice(agent.id, queue.rule.first_level(agent.skills) or 0, sticky_agent == agent.id)
