@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import event as sa_event
@@ -46,7 +46,17 @@ class Event:
     at: str = field(default_factory=lambda: utcnow().isoformat())
 
     def to_json(self) -> str:
-        text = json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        # A plain dict, not dataclasses.asdict: that deep-copies ``data``, and every routing decision
+        # serializes its events (once to check the size when queued, once when published).
+        fields = {
+            "type": self.type,
+            "data": self.data,
+            "user_ids": self.user_ids,
+            "roles": self.roles,
+            "id": self.id,
+            "at": self.at,
+        }
+        text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
         if len(text.encode()) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"event {self.type!r} is larger than {MAX_PAYLOAD_BYTES} bytes")
         return text
