@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kefu.core import audit
@@ -25,7 +24,7 @@ from kefu.core.policy import Principal
 from kefu.customers import owners
 from kefu.customers.identities import guess_identities, normalize_identity
 from kefu.customers.models import Customer, CustomerIdentity, CustomerMerge, CustomerNote, Organisation
-from kefu.db.base import utcnow
+from kefu.db.base import dialect_insert, utcnow
 from kefu.identity.models import User
 from kefu.identity.service import actor_of
 
@@ -256,10 +255,6 @@ async def remove_identity(db: AsyncSession, principal: Principal, customer_id: i
     await db.flush()
 
 
-def _insert_ignoring_conflict(db: AsyncSession) -> Any:
-    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 async def resolve_or_create(
     db: AsyncSession, principal: Principal, kind: str, value: str, display_name: str | None = None
 ) -> tuple[Customer, bool]:
@@ -275,7 +270,7 @@ async def resolve_or_create(
     await db.flush()
     # ON CONFLICT rather than a savepoint: a SAVEPOINT on SQLite (pysqlite's deferred BEGIN) can commit
     # the caller's transaction early, and a concurrent insert of the same identity must not fail it.
-    insert = _insert_ignoring_conflict(db)
+    insert = dialect_insert(db)
     inserted = await db.scalar(
         insert(CustomerIdentity)
         .values(customer_id=customer.id, kind=kind, value=normalized, verified=False, created_at=utcnow())

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, TypeDecorator
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Constraint names are fixed so migrations produce the same names on SQLite and PostgreSQL.
@@ -58,3 +60,8 @@ class IdMixin:
 class TimestampMixin:
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False)
+
+
+def dialect_insert(db: AsyncSession) -> Any:
+    """The INSERT construct of the session's database (PostgreSQL's or SQLite's), for ON CONFLICT."""
+    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, and_, bindparam, false, literal, or_, select, true, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -35,7 +34,7 @@ from kefu.core.events import Event, publish_on_commit
 from kefu.core.policy import Principal
 from kefu.customers.models import Customer, IdentityKind
 from kefu.customers.owners import register_mover
-from kefu.db.base import UTCDateTime, utcnow
+from kefu.db.base import UTCDateTime, dialect_insert, utcnow
 from kefu.identity.models import STAFF_ROLES, Team, User, UserRole
 from kefu.identity.service import actor_of
 from kefu.interactions.models import (
@@ -403,10 +402,6 @@ async def _customer_for(
     return value, await customers.find_by_identity(db, new.identity_kind, value)
 
 
-def _insert_or_nothing(db: AsyncSession) -> Any:
-    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 async def create_interaction(
     db: AsyncSession, principal: Principal, new: NewInteraction
 ) -> tuple[InteractionView, bool]:
@@ -433,7 +428,7 @@ async def create_interaction(
     # ON CONFLICT DO NOTHING rather than a savepoint: on PostgreSQL the loser of a race waits for the
     # winner's commit and then inserts nothing; a savepoint on SQLite (pysqlite's deferred BEGIN) could
     # commit the caller's transaction early.
-    insert = _insert_or_nothing(db)
+    insert = dialect_insert(db)
     interaction = await db.scalar(
         insert(Interaction)
         .values(
@@ -723,7 +718,7 @@ async def use_article(
     )
     added = False
     if known is None:
-        insert = _insert_or_nothing(db)
+        insert = dialect_insert(db)
         added = (
             await db.scalar(
                 insert(InteractionArticle)

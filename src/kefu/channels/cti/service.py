@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, false, or_, select, true
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kefu.channels import intake
@@ -39,7 +38,7 @@ from kefu.core import audit, signing
 from kefu.core.errors import ApiError, Conflict, Invalid, NotFound
 from kefu.core.events import Event, publish_on_commit
 from kefu.core.policy import Principal
-from kefu.db.base import utcnow
+from kefu.db.base import dialect_insert, utcnow
 from kefu.identity.models import STAFF_ROLES, User, UserRole
 from kefu.identity.service import actor_of
 from kefu.interactions import service as interactions
@@ -296,15 +295,11 @@ class Received:
     duplicate: bool
 
 
-def _insert(db: AsyncSession) -> Any:
-    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 async def _locked_call(db: AsyncSession, pbx: str, call_id: str) -> Call:
     """The call's row, made if new, locked for this transaction (one writer per call at a time)."""
     now = utcnow()
     await db.execute(
-        _insert(db)(Call)
+        dialect_insert(db)(Call)
         .values(pbx=pbx, call_id=call_id, state=CallState.new, created_at=now, updated_at=now)
         .on_conflict_do_nothing(index_elements=["pbx", "call_id"])
     )

@@ -37,13 +37,12 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kefu.channels.email import ingest as ingest_module
 from kefu.channels.email.models import Mailbox
 from kefu.channels.email.outbound_models import ImapLease
-from kefu.db.base import utcnow
+from kefu.db.base import dialect_insert, utcnow
 from kefu.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -177,10 +176,6 @@ class ImapConnection:
         self.conn = None
 
 
-def _insert(db: AsyncSession) -> Any:
-    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 class ImapPoller:
     """Polls every active mailbox with IMAP settings (see the module docstring)."""
 
@@ -215,7 +210,7 @@ class ImapPoller:
         now = utcnow()
         until = now + timedelta(seconds=max(30, self.settings.email_imap_lease_seconds))
         stmt = (
-            _insert(db)(ImapLease)
+            dialect_insert(db)(ImapLease)
             .values(mailbox_id=mailbox_id, holder=self.name, locked_until=until)
             .on_conflict_do_update(
                 index_elements=[ImapLease.mailbox_id],

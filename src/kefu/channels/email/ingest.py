@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,7 +57,7 @@ from kefu.channels.email.models import (
     QuarantineReason,
 )
 from kefu.core.errors import ApiError
-from kefu.db.base import utcnow
+from kefu.db.base import dialect_insert, utcnow
 from kefu.settings import Settings
 from kefu.tickets.models import WorkOrder, WorkOrderStatus
 
@@ -110,10 +109,6 @@ class _Refiled(Exception):
     """Inside the savepoint: the contact turned out to be recorded already (a race): undo, say duplicate."""
 
 
-def _insert(db: AsyncSession) -> Any:
-    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 async def own_addresses(db: AsyncSession) -> set[str]:
     return set((await db.scalars(select(Mailbox.address))).all())
 
@@ -135,7 +130,7 @@ async def _quarantine(
     headers = headers or parse.HeaderSummary()
     sha = hashlib.sha256(raw).hexdigest()
     row_id = await db.scalar(
-        _insert(db)(EmailQuarantine)
+        dialect_insert(db)(EmailQuarantine)
         .values(
             mailbox_id=mailbox.id,
             reason=reason,
@@ -300,7 +295,7 @@ async def ingest_raw_message(
         AutoKind.bounce if is_bounce else (mail.auto_kind if mail.auto_kind != AutoKind.bounce else AutoKind.none)
     )
     row_id = await db.scalar(
-        _insert(db)(EmailMessage)
+        dialect_insert(db)(EmailMessage)
         .values(
             mailbox_id=mailbox.id,
             direction=MailDirection.inbound,

@@ -48,7 +48,6 @@ import nh3
 from pydantic import ValidationError
 from sqlalchemy import event as sa_event
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -74,7 +73,7 @@ from kefu.core import audit, jobs, signing
 from kefu.core import events as core_events
 from kefu.core.errors import ApiError, Conflict, Invalid, NotFound
 from kefu.core.policy import Principal
-from kefu.db.base import utcnow
+from kefu.db.base import dialect_insert, utcnow
 from kefu.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,10 +89,6 @@ BRIDGED_EVENTS = frozenset(t for t in EVENT_TYPES if t.startswith("work_order.")
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 ERROR_MAX = 2000
 DELIVERY_PAGE = 100
-
-
-def _insert(db: AsyncSession) -> Any:
-    return postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert
 
 
 def _actor(principal: Principal) -> audit.Actor:
@@ -395,7 +390,7 @@ async def receive_message(
     # The claim comes first: a concurrent delivery of the same message waits here for ours to commit
     # (PostgreSQL) or for the single writer (SQLite), then inserts nothing and reports a duplicate.
     inserted = await db.scalar(
-        _insert(db)(WebhookMessage)
+        dialect_insert(db)(WebhookMessage)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["channel_id", "message_id"])
         .returning(WebhookMessage.id)
@@ -585,7 +580,7 @@ async def enqueue_deliveries(
     for subscription in subscriptions:
         delivery_id = _delivery_id(subscription.id, event_type, key)
         inserted = await db.scalar(
-            _insert(db)(WebhookDelivery)
+            dialect_insert(db)(WebhookDelivery)
             .values(
                 delivery_id=delivery_id,
                 subscription_id=subscription.id,
@@ -899,7 +894,7 @@ async def check_form_rate(db: AsyncSession, settings: Settings, client_address: 
     key = f"ip:{client_address}"[:160]
     now = utcnow()
     await db.execute(
-        _insert(db)(WebFormThrottle)
+        dialect_insert(db)(WebFormThrottle)
         .values(key=key, window_start=now, count=0)
         .on_conflict_do_nothing(index_elements=["key"])
     )
