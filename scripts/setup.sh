@@ -28,7 +28,7 @@ fi
 echo "== installing kefu (pip)"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null || true
 if [[ $want_test == 1 ]]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^WARNING: Location' || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,embeddings]' 2>&1 | grep -v -E '^WARNING: Location' || true
 else
   .venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 | grep -v -E '^WARNING: Location' || true
 fi

@@ -46,6 +46,7 @@ from kefu.knowledge.board_pages import router as kb_board_pages_router
 from kefu.knowledge.feedback_api import router as kb_feedback_router
 from kefu.knowledge.index import KnowledgeIndex
 from kefu.knowledge.pages import router as knowledge_pages_router
+from kefu.knowledge.search.embedding import load_embedder
 from kefu.routing import admin_pages as routing_admin_pages
 from kefu.routing import api as routing_api
 from kefu.routing import pages as routing_pages
@@ -113,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         poll_seconds=settings.kb_index_poll_seconds,
         bus=app.state.event_bus,
         retrain_seconds=settings.kb_reranker_retrain_seconds,
+        # A configured model that cannot load stops the start here, with the reason.
+        embedder=load_embedder(settings.kb_embedding_model),
     )
 
     ivr_engine.use_knowledge_index(app.state.kb_index)  # IVR answers found by search use the same index

