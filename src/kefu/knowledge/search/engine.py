@@ -557,8 +557,8 @@ class SearchEngine:
 
     def _with_cosine(self, query: str, scored: dict[str, float]) -> dict[str, float]:
         """(1 - w) x the max-normalized score + w x the cosine of question and article. An article
-        without a vector yet (just published) gets the candidates' median cosine: it neither gains nor
-        loses by the model until its vector is made."""
+        without a vector yet (published a moment ago; its vector follows within about a second) counts
+        as close as the closest candidate, so it competes on keywords alone instead of being buried."""
         assert self.embedder is not None
         ids, vectors = [], []
         for doc_id in scored:
@@ -570,7 +570,7 @@ class SearchEngine:
             return scored
         question = self.embedder.queries([query])[0]
         cosines = dict(zip(ids, (np.stack(vectors) @ question).tolist(), strict=True))
-        fill = float(np.median(list(cosines.values())))
+        fill = max(cosines.values())
         top = max(scored.values(), default=0.0) or 1.0
         w = self.config.dense_weight
         return {doc_id: (1 - w) * s / top + w * cosines.get(doc_id, fill) for doc_id, s in scored.items()}
