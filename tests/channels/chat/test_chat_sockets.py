@@ -19,7 +19,7 @@ websockets = pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-WAIT = 10.0
+WAIT = 20.0  # generous: a sign-in hashes a password, slow on a loaded 2-core machine
 
 
 @dataclass
