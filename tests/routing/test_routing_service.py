@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 from tests.routing.routing_support import (
     accept,
@@ -402,6 +403,27 @@ async def test_a_claim_on_an_agent_who_just_left_changes_nothing(app, make) -> N
     async with app.state.session_factory() as db:
         assert await db.scalar(select(func.count()).select_from(Offer).where(Offer.interaction_id == call)) == 0
     assert (await state_of(app, agent)).load_voice == 0
+
+
+async def test_an_agent_freed_passes_over_a_contact_another_decision_holds(app, make) -> None:
+    """PostgreSQL: the best waiting contact is held by another transaction (another process deciding
+    about it) when the agent becomes available: the same claim offers the next one, and the held
+    contact is untouched."""
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("row locks between transactions: PostgreSQL (SQLite has one writer at a time)")
+    t = clock()
+    queue = await make_queue(app)
+    agent = await make_agent(app, make, queues=(queue.id,))
+    held = await contact(app, queue, t.advance(1))  # waited longest: ranked first
+    other = await contact(app, queue, t.advance(1))
+    async with app.state.session_factory() as holder, holder.begin():
+        await holder.execute(select(RoutingEntry).where(RoutingEntry.interaction_id == held).with_for_update())
+        await set_presence(app, agent, "available", t.advance(1))
+    assert await offered_to(app, other) == agent.id
+    assert (await entry(app, held)).state == "waiting"
+    async with app.state.session_factory() as db:
+        offers = (await db.scalars(select(Offer).where(Offer.agent_id == agent.id))).all()
+    assert [o.interaction_id for o in offers] == [other]
 
 
 async def test_a_claim_passes_over_ranked_agents_who_cannot_take_the_contact(app, make) -> None:

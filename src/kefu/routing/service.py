@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    DateTime,
     Float,
     Integer,
     String,
@@ -1165,8 +1166,21 @@ async def _claim(
         # agent's row; handled all the same, never leaving the contact marked offered to nobody.
         await _untake(db, entry)
         return None, True
-    values = _offer_values(entry, choice, now, expires)
-    offer = OfferMade(id=offer_id, **values)
+    if not in_one_statement:
+        await interactions.routing_stamp(db, entry.interaction_id, "offered", now)
+    return _offer_made(db, entry, queue, choice, offer_id, now, expires), True
+
+
+def _offer_made(
+    db: AsyncSession,
+    entry: RoutingEntry | EntryRow,
+    queue: QueueInfo,
+    choice: Choice,
+    offer_id: int,
+    now: datetime,
+    expires: datetime,
+) -> OfferMade:
+    """After a successful claim: the entry as written, and the offer event for the agent's desk."""
     _seen(
         entry,
         state=EntryState.offered,
@@ -1176,8 +1190,6 @@ async def _claim(
         review_at=None,
         version=entry.version + 1,
     )
-    if not in_one_statement:
-        await interactions.routing_stamp(db, entry.interaction_id, "offered", now)
     publish_on_commit(
         db,
         Event(
@@ -1193,7 +1205,127 @@ async def _claim(
             user_ids=(choice.agent_id,),
         ),
     )
-    return offer, True
+    return OfferMade(id=offer_id, **_offer_values(entry, choice, now, expires))
+
+
+@dataclass(frozen=True, slots=True)
+class ContactOption:
+    """A waiting contact route_agent may offer the agent, with what that offer records."""
+
+    entry: EntryRow
+    queue: QueueInfo
+    choice: Choice
+
+
+def _contact_claim_statement(cls: str, rest: bool) -> Any:
+    """PostgreSQL: route_agent's claim in one statement. ``pick`` locks the first of the ranked contacts
+    (``p_ids``, best first, all of channel class ``cls``) still waiting at the version read and held by
+    no other transaction; then the agent is reserved, the entry taken, the offer written and the
+    interaction stamped, each only if the step before returned its row (nothing changes otherwise).
+    Agents freed at the same moment rank the same contacts first; a contact another decision holds is
+    passed over inside the statement instead of costing a failed claim and another round trip.
+    Returns (contacts picked, agents reserved, offer id, interaction id)."""
+    from kefu.interactions import service as interactions
+
+    entries, agents, offers = RoutingEntry.__table__, AgentState.__table__, Offer.__table__
+    ids = bindparam("p_ids", type_=postgresql.ARRAY(BigInteger()))
+    versions = Grouping(bindparam("p_versions", type_=postgresql.ARRAY(Integer())))
+    position = func.array_position(ids, entries.c.interaction_id)
+    pick = (
+        select(entries.c.interaction_id, entries.c.queue_id, position.label("position"))
+        .where(
+            entries.c.interaction_id == any_(ids),
+            entries.c.state == EntryState.waiting,
+            entries.c.version == versions[position],
+        )
+        .order_by(position)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .cte("pick")
+    )
+    agent_id = bindparam("p_agent_id", type_=BigInteger())
+    reserved = (
+        _agent_reserved(
+            cls,
+            rest,
+            and_(
+                agents.c.user_id.in_(_unlocked("postgresql", agents.c.user_id, agent_id)),
+                select(pick.c.interaction_id).exists(),
+            ),
+        )
+        .returning(agents.c.user_id)
+        .cte("reserved")
+    )
+    at = select(pick.c.position).scalar_subquery()
+    expires = Grouping(bindparam("p_expires", type_=postgresql.ARRAY(DateTime(timezone=True))))[at]
+    taken = (
+        update(entries)
+        .where(
+            entries.c.interaction_id == select(pick.c.interaction_id).scalar_subquery(),
+            select(reserved.c.user_id).exists(),
+        )
+        .values(
+            state=EntryState.offered,
+            offer_agent_id=agent_id,
+            offer_expires_at=expires,
+            offers_made=entries.c.offers_made + 1,
+            review_at=null(),
+            version=entries.c.version + 1,
+        )
+        .returning(entries.c.interaction_id, entries.c.queue_id)
+        .cte("taken")
+    )
+    levels = Grouping(bindparam("p_levels", type_=postgresql.ARRAY(Integer())))
+    stickies = Grouping(bindparam("p_stickies", type_=postgresql.ARRAY(Boolean())))
+    made_from = _offer_columns(agent_id, levels[at], stickies[at])
+    made_from.update(interaction_id=taken.c.interaction_id, queue_id=taken.c.queue_id, expires_at=expires)
+    made = (
+        insert(offers)
+        .from_select(list(made_from), select(*made_from.values()))
+        .returning(offers.c.id, offers.c.interaction_id)
+        .cte("made")
+    )
+    stamped = (
+        interactions.routing_stamp_update(
+            "offered", select(made.c.interaction_id).scalar_subquery(), made_from["offered_at"]
+        )
+        .returning(literal(1))
+        .cte("stamped")
+    )
+    return select(
+        select(func.count()).select_from(pick).scalar_subquery(),
+        select(func.count()).select_from(reserved).scalar_subquery(),
+        select(made.c.id).scalar_subquery(),
+        select(taken.c.interaction_id).scalar_subquery(),
+        select(func.count()).select_from(stamped).scalar_subquery(),
+    )
+
+
+async def _claim_contact(
+    db: AsyncSession, agent_id: int, options: Sequence[ContactOption], now: datetime, cfg: RoutingConfig
+) -> tuple[OfferMade | None, bool, bool]:
+    """PostgreSQL: offer the agent the first of ``options`` (best first, one channel class) that can still
+    be had, in one round trip. Returns (the offer or None, whether any contact was there, whether the
+    agent could be reserved)."""
+    cls, rest = options[0].entry.channel_class, cfg.rest.after_seconds > 0
+    statement = _statement(("contact_claim", cls, rest), lambda: _contact_claim_statement(cls, rest))
+    expires = [now + timedelta(seconds=o.queue.offer_timeout_seconds) for o in options]
+    params = {
+        "p_ids": [o.entry.interaction_id for o in options],
+        "p_versions": [o.entry.version for o in options],
+        "p_expires": expires,
+        "p_levels": [o.choice.level for o in options],
+        "p_stickies": [o.choice.sticky for o in options],
+        "p_agent_id": agent_id,
+        "p_offered_at": now,
+        **_rest_params(now, cfg),
+    }
+    picked, reserved, offer_id, interaction_id, _stamped = (await db.execute(statement, params)).one()
+    if offer_id is None:
+        return None, bool(picked), bool(reserved) or not picked
+    at = next(n for n, o in enumerate(options) if o.entry.interaction_id == interaction_id)
+    option = options[at]
+    return _offer_made(db, option.entry, option.queue, option.choice, offer_id, now, expires[at]), True, True
 
 
 def _seen(entry: RoutingEntry | EntryRow, **values: Any) -> None:
@@ -1359,26 +1491,38 @@ async def route_agent(
                 continue
             return offers
         by_id = {e.interaction_id: e for e in entries}
-        claimed = None
+        options = []
         for contact in ranked:
             entry = by_id[contact.id]
             queue = queues[entry.queue_id]
-            choice = Choice(
-                user_id, queue.rule.first_level(agent.skills) or 0, contact.sticky_for(now.timestamp()) == user_id
+            sticky = contact.sticky_for(now.timestamp()) == user_id
+            options.append(
+                ContactOption(entry, queue, Choice(user_id, queue.rule.first_level(agent.skills) or 0, sticky))
             )
-            claimed, _still_waiting = await _claim(db, entry, queue, [choice], now, cfg)
-            skip.add(contact.id)
-            if claimed is not None:
-                agent.load[entry.channel_class] = agent.load.get(entry.channel_class, 0) + 1
-                offers.append(claimed)
-                break
-            # Lost: the contact went to someone else, or the agent changed (left, filled up) meanwhile.
+        if db.bind.dialect.name == "postgresql":
+            # The best contacts of the best one's channel class in one claim (the class decides which
+            # load the agent takes on); the others come in the next round.
+            tried = [o for o in options if o.entry.channel_class == options[0].entry.channel_class]
+            claimed, _contact_there, agent_ok = await _claim_contact(db, user_id, tried, now, cfg)
+        else:  # SQLite, one writer at a time: the best contact; rarely lost, then the next round
+            tried = options[:1]
+            claimed, _still_waiting = await _claim(db, tried[0].entry, tried[0].queue, [tried[0].choice], now, cfg)
+            agent_ok = claimed is not None
+        # What was tried and not had is not tried again (each round skips more: the loop ends).
+        lost = [o.entry.interaction_id for o in tried] if claimed is None else []
+        skip.update(lost)
+        if claimed is not None:
+            skip.add(claimed.interaction_id)
+            cls = by_id[claimed.interaction_id].channel_class
+            agent.load[cls] = agent.load.get(cls, 0) + 1
+            offers.append(claimed)
+            continue
+        if not agent_ok:
+            # The agent changed (left, filled up) meanwhile, or might have: read them again.
             state = await _agent_row(db, user_id)
             if state is None or state.presence not in policy.ROUTABLE:
                 return offers
             agent.presence, agent.load = state.presence, load_of(state)
-        if claimed is None:
-            return offers
     return offers
 
 
