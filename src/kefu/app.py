@@ -100,6 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
+    # A configured embedding model that cannot load stops the start here, with the reason, before
+    # anything is opened.
+    embedder = load_embedder(settings.kb_embedding_model)
     engine = make_engine(settings.resolved_database_url)
     app.state.settings = settings
     app.state.engine = engine
@@ -114,8 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         poll_seconds=settings.kb_index_poll_seconds,
         bus=app.state.event_bus,
         retrain_seconds=settings.kb_reranker_retrain_seconds,
-        # A configured model that cannot load stops the start here, with the reason.
-        embedder=load_embedder(settings.kb_embedding_model),
+        embedder=embedder,
     )
 
     ivr_engine.use_knowledge_index(app.state.kb_index)  # IVR answers found by search use the same index
