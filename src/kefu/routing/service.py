@@ -993,6 +993,28 @@ def _offer_columns(agent_id: Any, level: Any, sticky: Any) -> dict[str, Any]:
     }
 
 
+def _offer_written(made_from: dict[str, Any]) -> tuple[Any, Any]:
+    """The last two steps of a PostgreSQL claim, as CTEs: the offer row from ``made_from`` (column ->
+    expression), and the interaction's first "offered" time stamped."""
+    from kefu.interactions import service as interactions
+
+    offers = Offer.__table__
+    made = (
+        insert(offers)
+        .from_select(list(made_from), select(*made_from.values()))
+        .returning(offers.c.id, offers.c.interaction_id)
+        .cte("made")
+    )
+    stamped = (
+        interactions.routing_stamp_update(
+            "offered", select(made.c.interaction_id).scalar_subquery(), made_from["offered_at"]
+        )
+        .returning(literal(1))
+        .cte("stamped")
+    )
+    return made, stamped
+
+
 def _claim_statement(cls: str, rest: bool) -> Any:
     """PostgreSQL: a whole claim in one statement (data-modifying CTEs). ``pick`` locks the first of the
     ranked agents (``p_agent_ids``, best first) who is still routable with capacity and whom no other
@@ -1002,9 +1024,8 @@ def _claim_statement(cls: str, rest: bool) -> Any:
     Several decisions running at once often rank the same agents first: a locked or filled-up agent is
     skipped inside the statement, instead of costing a failed claim, a give-back and another round trip.
     Returns (agents picked, entries taken, offer id, agent id)."""
-    from kefu.interactions import service as interactions
 
-    agents, offers = AgentState.__table__, Offer.__table__
+    agents = AgentState.__table__
     ids = bindparam("p_agent_ids", type_=postgresql.ARRAY(BigInteger()))
     pick = (
         select(agents.c.user_id)
@@ -1031,19 +1052,7 @@ def _claim_statement(cls: str, rest: bool) -> Any:
     levels = Grouping(bindparam("p_levels", type_=postgresql.ARRAY(Integer())))
     stickies = Grouping(bindparam("p_stickies", type_=postgresql.ARRAY(Boolean())))
     made_from = _offer_columns(reserved.c.user_id, levels[position], stickies[position])
-    made = (
-        insert(offers)
-        .from_select(list(made_from), select(*made_from.values()))
-        .returning(offers.c.id, offers.c.interaction_id)
-        .cte("made")
-    )
-    stamped = (
-        interactions.routing_stamp_update(
-            "offered", select(made.c.interaction_id).scalar_subquery(), made_from["offered_at"]
-        )
-        .returning(literal(1))
-        .cte("stamped")
-    )
+    made, stamped = _offer_written(made_from)
     return select(
         select(func.count()).select_from(pick).scalar_subquery(),
         select(func.count()).select_from(taken).scalar_subquery(),
@@ -1225,9 +1234,8 @@ def _contact_claim_statement(cls: str, rest: bool) -> Any:
     Agents freed at the same moment rank the same contacts first; a contact another decision holds is
     passed over inside the statement instead of costing a failed claim and another round trip.
     Returns (contacts picked, agents reserved, offer id, interaction id)."""
-    from kefu.interactions import service as interactions
 
-    entries, agents, offers = RoutingEntry.__table__, AgentState.__table__, Offer.__table__
+    entries, agents = RoutingEntry.__table__, AgentState.__table__
     ids = bindparam("p_ids", type_=postgresql.ARRAY(BigInteger()))
     versions = Grouping(bindparam("p_versions", type_=postgresql.ARRAY(Integer())))
     position = func.array_position(ids, entries.c.interaction_id)
@@ -1279,19 +1287,7 @@ def _contact_claim_statement(cls: str, rest: bool) -> Any:
     stickies = Grouping(bindparam("p_stickies", type_=postgresql.ARRAY(Boolean())))
     made_from = _offer_columns(agent_id, levels[at], stickies[at])
     made_from.update(interaction_id=taken.c.interaction_id, queue_id=taken.c.queue_id, expires_at=expires)
-    made = (
-        insert(offers)
-        .from_select(list(made_from), select(*made_from.values()))
-        .returning(offers.c.id, offers.c.interaction_id)
-        .cte("made")
-    )
-    stamped = (
-        interactions.routing_stamp_update(
-            "offered", select(made.c.interaction_id).scalar_subquery(), made_from["offered_at"]
-        )
-        .returning(literal(1))
-        .cte("stamped")
-    )
+    made, stamped = _offer_written(made_from)
     return select(
         select(func.count()).select_from(pick).scalar_subquery(),
         select(func.count()).select_from(reserved).scalar_subquery(),
