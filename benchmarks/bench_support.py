@@ -22,6 +22,27 @@ PASSWORD = "benchmark-password"
 KEFU = [sys.executable, "-m", "kefu.cli"]
 
 
+def postgres_cpu_seconds() -> float | None:
+    """CPU seconds used so far by every ``postgres`` process of this machine (backends, WAL writer,
+    checkpointer) and by those that ended (counted in their parent's children times), read from /proc;
+    None where there is no /proc or no local server process."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, seen = 0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # the process ended while we looked
+        name_end = text.rfind(")")
+        if text[text.find("(") + 1 : name_end] != "postgres":
+            continue
+        fields = text[name_end + 2 :].split()
+        # utime, stime, cutime, cstime: fields 14-17 of proc(5)
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        seen = True
+    return total / ticks if seen else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

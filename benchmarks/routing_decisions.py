@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import event, func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_support import fresh_database, percentile  # noqa: E402
+from bench_support import fresh_database, percentile, postgres_cpu_seconds  # noqa: E402
 
 from kefu.core.audit import Actor  # noqa: E402
 from kefu.core.policy import Principal  # noqa: E402
@@ -71,6 +71,7 @@ class StatementCounter:
 
     def __init__(self, engine: Any) -> None:
         self.count = 0
+        self.backend = engine.dialect.name
         event.listen(engine.sync_engine, "before_cursor_execute", self._seen)
 
     def _seen(self, *_: Any) -> None:
@@ -172,7 +173,25 @@ async def _setup(factory: Any, agents: int, waiting: int, rng: random.Random) ->
     return {"agents": ids, "half": len(ids) // 2, "queues": queues}
 
 
-def _summary(latencies: list[float], routing_part: list[float], seconds: float, statements: int) -> dict[str, Any]:
+class CpuMeter:
+    """CPU time per decision: of this process (Python, SQLAlchemy, the driver) and, when the database is a
+    local PostgreSQL, of its server processes. Tells where a decision's time goes when both share the cores."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.process = time.process_time()
+        self.server = postgres_cpu_seconds() if backend == "postgresql" else None
+
+    def per_decision_ms(self, decisions: int) -> dict[str, float | None]:
+        process = (time.process_time() - self.process) * 1000 / decisions
+        server_now = postgres_cpu_seconds() if self.server is not None else None
+        server = None if server_now is None else (server_now - self.server) * 1000 / decisions
+        return {"this_process": round(process, 2), "database_server": None if server is None else round(server, 2)}
+
+
+def _summary(
+    latencies: list[float], routing_part: list[float], seconds: float, statements: int, cpu: CpuMeter
+) -> dict[str, Any]:
     latencies, routing_part = sorted(latencies), sorted(routing_part)
 
     def ms(values: list[float], fraction: float) -> float:
@@ -190,6 +209,7 @@ def _summary(latencies: list[float], routing_part: list[float], seconds: float, 
         },
         "routing_call_ms": {"p50": ms(routing_part, 0.5), "p95": ms(routing_part, 0.95), "p99": ms(routing_part, 0.99)},
         "sql_statements_per_decision": round(statements / n, 1),
+        "cpu_ms_per_decision": cpu.per_decision_ms(n),
     }
 
 
@@ -236,10 +256,11 @@ async def _agent_free(factory: Any, counter: StatementCounter, agents: list[int]
         offers += len(made)
 
     before = counter.count
+    cpu = CpuMeter(counter.backend)
     started = time.perf_counter()
     await _run_tasks([lambda u=u: one(u) for u in agents], concurrency)
     elapsed = time.perf_counter() - started
-    result = _summary(latencies, routing_part, elapsed, counter.count - before)
+    result = _summary(latencies, routing_part, elapsed, counter.count - before, cpu)
     result["offers_made"] = offers
     return result
 
@@ -272,10 +293,11 @@ async def _contact_arrives(
         offers += result.offer is not None
 
     before = counter.count
+    cpu = CpuMeter(counter.backend)
     started = time.perf_counter()
     await _run_tasks([lambda n=n: one(n) for n in range(decisions)], concurrency)
     elapsed = time.perf_counter() - started
-    result = _summary(latencies, routing_part, elapsed, counter.count - before)
+    result = _summary(latencies, routing_part, elapsed, counter.count - before, cpu)
     result["offers_made"] = offers
     return result
 

@@ -457,3 +457,63 @@ async def test_a_claim_passes_over_ranked_agents_who_cannot_take_the_contact(app
         assert (offer.agent_id, offer.level, offer.sticky) == (free.id, 1, True)
     assert (await state_of(app, free)).load_voice == 1
     assert (await state_of(app, held)).load_voice == 0 and (await state_of(app, gone)).load_voice == 0
+
+
+async def test_a_contact_routed_as_it_arrives_is_queued_and_offered_in_one_decision(app, make) -> None:
+    """enqueue of a new contact with agents free (on PostgreSQL one statement: entry, pick, reservation,
+    offer, stamps): the best agent not held by another transaction gets it, everything an offer leaves
+    is consistent (the entry, the agent's load, the offer row, the interaction's stamps), the agent can
+    accept it, and enqueueing the same contact again changes nothing and reserves nobody."""
+    t = clock()
+    skill = await make.skill()
+    queue = await make_queue(app, skills={skill: 2})
+    best, second, third = [
+        await make_agent(app, make, queues=(queue.id,), skills={skill: level}) for level in (5, 4, 3)
+    ]
+    for agent in (best, second, third):
+        await set_presence(app, agent, "available", t.advance(1))
+    postgres = app.state.engine.dialect.name == "postgresql"
+    async with app.state.session_factory() as other, other.begin():
+        if postgres:  # another decision holds the best agent's row while this one runs
+            await other.execute(select(AgentState).where(AgentState.user_id == best.id).with_for_update())
+        else:  # SQLite has one writer at a time: the best agent is simply away
+            await set_presence(app, best, "break", t.advance(1), reason="meal")
+        arrived = t.advance(1)
+        call = await contact(app, queue, arrived)
+    found = await entry(app, call)
+    assert (found.state, found.offer_agent_id, found.offers_made, found.review_at) == ("offered", second.id, 1, None)
+    async with app.state.session_factory() as db:
+        offers = (await db.scalars(select(Offer).where(Offer.interaction_id == call))).all()
+        interaction = await db.get(Interaction, call)
+    assert [(o.agent_id, o.level, o.sticky, o.outcome) for o in offers] == [(second.id, 0, False, None)]
+    assert interaction.state == "offered" and interaction.queued_at == arrived == interaction.offered_at
+    assert [(await state_of(app, a)).load_voice for a in (best, second, third)] == [0, 1, 0]
+
+    async with app.state.session_factory() as db, db.begin():
+        again = await routing.enqueue(db, call, queue.id, channel="phone", customer_id=None, now=t.advance(1))
+    assert not again.created and again.offer is None and again.entry.state == "offered"
+    assert [(await state_of(app, a)).load_voice for a in (best, second, third)] == [0, 1, 0]
+    async with app.state.session_factory() as db:
+        assert await db.scalar(select(func.count()).select_from(Offer).where(Offer.interaction_id == call)) == 1
+
+    await accept(app, second, call, t.advance(1))
+    assert (await entry(app, call)).state == "assigned"
+
+
+async def test_a_contact_nobody_can_take_waits_with_its_review_moment(app, make) -> None:
+    """No agent free when the contact arrives: it waits, unoffered, its interaction stamped queued only,
+    and the sweep is due to take a second look shortly after (routing.SECOND_LOOK)."""
+    t = clock()
+    queue = await make_queue(app)
+    agent = await make_agent(app, make, queues=(queue.id,))
+    await set_presence(app, agent, "break", t.advance(1), reason="meal")
+    arrived = t.advance(1)
+    call = await contact(app, queue, arrived)
+    found = await entry(app, call)
+    assert (found.state, found.offer_agent_id, found.offers_made) == ("waiting", None, 0)
+    assert found.review_at == arrived + routing.SECOND_LOOK
+    async with app.state.session_factory() as db:
+        interaction = await db.get(Interaction, call)
+        assert await db.scalar(select(func.count()).select_from(Offer).where(Offer.interaction_id == call)) == 0
+    assert interaction.state == "queued" and interaction.queued_at == arrived and interaction.offered_at is None
+    assert (await state_of(app, agent)).load_voice == 0

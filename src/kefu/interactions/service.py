@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, and_, bindparam, false, literal, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, false, func, literal, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -620,6 +620,38 @@ def routing_stamp_update(event: str, interaction_id: Any, at: Any, *, queue: Any
             Interaction.ended_at.is_(None),
         )
         .values(values)
+    )
+
+
+def routing_queued_offered_update(interaction_id: Any, at: Any, *, queue: Any, offered: Any) -> Any:
+    """Both of routing's stamps in one UPDATE, with the meaning of "queued" then, if the SQL condition
+    ``offered`` holds, "offered" (routing_stamp_update twice): each is written only if not written yet,
+    never over a later fact. One statement may not update a row twice, so a decision that queues and
+    offers a contact at once stamps it with this."""
+    queued_now = Interaction.queued_at.is_(None)
+    offered_now = and_(offered, Interaction.offered_at.is_(None))
+    return (
+        update(Interaction)
+        .where(
+            Interaction.id == interaction_id,
+            or_(queued_now, offered_now),
+            Interaction.answered_at.is_(None),
+            Interaction.abandoned_at.is_(None),
+            Interaction.ended_at.is_(None),
+        )
+        .values(
+            {
+                # SET reads the row as it was: every CASE below sees the stamps before this statement.
+                Interaction.queued_at: func.coalesce(Interaction.queued_at, at),
+                Interaction.queue: case((queued_now, queue), else_=Interaction.queue),
+                Interaction.offered_at: case((offered_now, at), else_=Interaction.offered_at),
+                Interaction.state: case(
+                    (offered_now, literal(InteractionState.offered.value)),
+                    (queued_now, literal(InteractionState.queued.value)),
+                    else_=Interaction.state,
+                ),
+            }
+        )
     )
 
 

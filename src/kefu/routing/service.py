@@ -31,6 +31,7 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    all_,
     and_,
     any_,
     bindparam,
@@ -542,13 +543,117 @@ def _entry_insert_stamped(names: tuple[str, ...]) -> Any:
     )
 
 
-def _entry_insert_ranked(names: tuple[str, ...], shape: tuple[Any, ...]) -> Any:
-    """PostgreSQL: _entry_insert_stamped and the ranking query (_candidates_statement) in one round trip. A
-    new contact's candidates depend on its queue and the agents, not on its entry row. One row per
-    candidate (none: one row of NULLs), each with the insert's count; the order is the policy's to make."""
-    written = _entry_insert_stamped(names).subquery("written")
-    ranked = _candidates_statement(*shape).subquery("ranked")
-    return select(written.c.inserted, ranked).select_from(written.outerjoin(ranked, true()))
+# What a new contact's entry holds when the decision in _arrival_statement offers it at once (the values
+# the claim would write); otherwise the values it was given.
+_ARRIVAL_DECIDED = ("state", "offer_agent_id", "offer_expires_at", "offers_made", "review_at", "version")
+
+
+def _arrival_statement(names: tuple[str, ...], shape: tuple[Any, ...]) -> Any:
+    """PostgreSQL: a new contact's whole decision in one statement (data-modifying CTEs), as enqueue then
+    route_contact would make it in two:
+
+    ``pick`` locks the best agent who can take the contact now (the ranking query, see
+    _candidates_statement); ``inserted`` writes the entry (unless the contact has one already), offered
+    to that agent or, with nobody picked, waiting until its review moment (``p_review_at``);
+    ``reserved`` gives the agent one more contact, only for an entry just written; ``made`` writes the
+    offer; ``stamped`` stamps the interaction queued and, with an offer, offered.
+
+    Parameters: the entry's columns ``names`` as ``p_<column>`` (those in _ARRIVAL_DECIDED are computed
+    here), the ranking's, ``p_expires_at``, ``p_review_at``, ``p_queue``. Returns (entries inserted,
+    agent the entry was offered to, agent reserved, offer id, level, sticky, interactions stamped)."""
+    from kefu.interactions import service as interactions
+
+    entries, agents = RoutingEntry.__table__, AgentState.__table__
+    cls, rest = shape[3], shape[4]
+    pick = _candidates_statement(*shape, pick=True).cte("pick")
+    offered = select(pick.c.user_id).exists()
+    decided = {
+        "state": case((offered, literal(EntryState.offered)), else_=literal(EntryState.waiting)),
+        "offer_agent_id": select(pick.c.user_id).scalar_subquery(),
+        "offer_expires_at": case((offered, bindparam("p_expires_at", type_=UTCDateTime())), else_=null()),
+        "offers_made": case((offered, literal(1)), else_=literal(0)),
+        "review_at": case((offered, null()), else_=bindparam("p_review_at", type_=UTCDateTime())),
+        "version": case((offered, literal(1)), else_=literal(0)),
+    }
+    columns = [name for name in names if name not in decided] + list(decided)
+    row = [decided[name] if name in decided else bindparam(f"p_{name}", type_=entries.c[name].type) for name in columns]
+    inserted = (
+        postgresql.insert(entries)
+        .from_select([entries.c[name] for name in columns], select(*row))
+        .on_conflict_do_nothing(index_elements=[entries.c.interaction_id])
+        .returning(entries.c.interaction_id, entries.c.offer_agent_id)
+        .cte("inserted")
+    )
+    reserved = (
+        _agent_reserved(cls, rest, agents.c.user_id == select(inserted.c.offer_agent_id).scalar_subquery())
+        .returning(agents.c.user_id)
+        .cte("reserved")
+    )
+    offers = Offer.__table__
+    made_from = _offer_columns(reserved.c.user_id, pick.c.level, pick.c.sticky)
+    made = (
+        insert(offers)
+        .from_select(list(made_from), select(*made_from.values()).select_from(reserved.join(pick, true())))
+        .returning(offers.c.id)
+        .cte("made")
+    )
+    stamped = (
+        interactions.routing_queued_offered_update(
+            select(inserted.c.interaction_id).scalar_subquery(),
+            bindparam("p_entered_at", type_=entries.c.entered_at.type),
+            queue=bindparam("p_queue"),
+            offered=select(reserved.c.user_id).exists(),
+        )
+        .returning(literal(1))
+        .cte("stamped")
+    )
+    return select(
+        select(func.count()).select_from(inserted).scalar_subquery().label("inserted"),
+        select(inserted.c.offer_agent_id).scalar_subquery().label("offered_to"),
+        select(reserved.c.user_id).scalar_subquery().label("reserved"),
+        select(made.c.id).scalar_subquery().label("offer_id"),
+        select(pick.c.level).scalar_subquery().label("level"),
+        select(pick.c.sticky).scalar_subquery().label("sticky"),
+        select(func.count()).select_from(stamped).scalar_subquery().label("stamped"),
+    )
+
+
+async def _arrive(
+    db: AsyncSession,
+    entry: EntryRow,
+    values: dict[str, Any],
+    queue: QueueInfo,
+    now: datetime,
+) -> EnqueueResult:
+    """PostgreSQL, a contact routed as it is queued: _arrival_statement, then the events. An existing entry
+    is returned as it is (nothing was changed)."""
+    shape, ranking = _candidates_query("postgresql", entry, queue, now, _config)
+    names = tuple(values)
+    statement = _statement(("arrival", names, shape), lambda: _arrival_statement(names, shape))
+    expires = now + timedelta(seconds=queue.offer_timeout_seconds)
+    review_at = _review_moment(entry, queue, now)
+    params = {f"p_{name}": value for name, value in values.items() if name not in _ARRIVAL_DECIDED}
+    params.update(ranking, p_expires_at=expires, p_review_at=review_at, p_queue=queue.code, p_offered_at=now)
+    params.update(_rest_params(now, _config))
+    row = (await db.execute(statement, params)).one()
+    if not row.inserted:
+        existing = await _entry_row(db, entry.interaction_id)
+        assert existing is not None  # the conflict proves the row is there
+        return EnqueueResult(existing, False)
+    _entry_event(db, entry, "queued")
+    result = EnqueueResult(entry, True)
+    if row.offer_id is not None:
+        choice = Choice(row.reserved, row.level, row.sticky)
+        result.offer = _offer_made(db, entry, queue, choice, row.offer_id, now, expires)
+    elif row.offered_to is not None:
+        # Offered to an agent the reservation then refused: cannot happen while the pick holds the
+        # agent's row (same conditions, same row version); handled all the same, never leaving the
+        # contact marked offered to nobody.
+        await _untake(db, entry)
+        await _set_review_at(db, entry, review_at)
+    else:
+        _seen(entry, review_at=review_at)
+    return result
 
 
 async def enqueue(
@@ -610,22 +715,16 @@ async def enqueue(
     }
     entry = EntryRow(**{name: values[name] for name in EntryRow.__slots__})  # type: ignore[attr-defined]
     closed_matters = queue.calendar_id is not None and queue.closed_action != MaxWaitAction.keep
-    candidates = None
+    if in_one_statement and route and not closed_matters:
+        # The whole decision in one round trip.
+        return await _arrive(db, entry, values, queue, now)
     if in_one_statement:
-        # The entry and the interaction's "queued" stamp in one round trip (a data-modifying CTE) and,
-        # when the contact is routed right away, the ranking query with them.
+        # The entry and the interaction's "queued" stamp in one round trip (a data-modifying CTE).
         params = {f"p_{name}": value for name, value in values.items()}
         params["p_queue"] = queue.code
         names = tuple(values)
-        if route and not closed_matters:
-            shape, ranking = _candidates_query("postgresql", entry, queue, now, _config)
-            statement = _statement(("entry_insert_ranked", names, shape), lambda: _entry_insert_ranked(names, shape))
-            rows = (await db.execute(statement, {**params, **ranking})).all()
-            inserted = rows[0].inserted
-            candidates = _candidate_views((row for row in rows if row.user_id is not None), queue)
-        else:
-            statement = _statement(("entry_insert_stamped", names), lambda: _entry_insert_stamped(names))
-            inserted = (await db.execute(statement, params)).one().inserted
+        statement = _statement(("entry_insert_stamped", names), lambda: _entry_insert_stamped(names))
+        inserted = (await db.execute(statement, params)).one().inserted
         if not inserted:
             existing = await _entry_row(db, interaction_id)
             assert existing is not None  # the conflict proves the row is there
@@ -645,7 +744,7 @@ async def enqueue(
             result.action = await _take_action(db, row, queue, queue.closed_action, now, why="closed")
             return result
     if route:
-        result.offer = await route_contact(db, interaction_id, now=now, entry=entry, candidates=candidates)
+        result.offer = await route_contact(db, interaction_id, now=now, entry=entry)
     return result
 
 
@@ -727,6 +826,15 @@ def _occupancy_sql(dialect: str) -> Any:
     return greatest(*shares)
 
 
+def _not_among(dialect: str, column: Any, name: str) -> Any:
+    """``column`` is none of the ids in the list parameter ``name``. PostgreSQL: an array parameter, not
+    an expanding IN list, so the statement's text (its prepared plan, SQLAlchemy's rendering) stays the
+    same whatever the number of ids; SQLite has no arrays."""
+    if dialect == "postgresql":
+        return column != all_(bindparam(name, type_=postgresql.ARRAY(BigInteger())))
+    return column.not_in(bindparam(name, expanding=True))
+
+
 def _candidates_statement(
     dialect: str,
     needs: tuple[policy.SkillNeed, ...],
@@ -735,9 +843,16 @@ def _candidates_statement(
     rest: bool,
     sticky: bool,
     language: bool,
+    *,
+    pick: bool = False,
 ) -> Any:
     """The ranking query for one queue's requirement shape (see _candidate_agents); what varies per
-    decision is bound: queue_id, reached, sticky_id, language, excluded, rest_cutoff."""
+    decision is bound: queue_id, reached, sticky_id, language, excluded, rest_cutoff.
+
+    ``pick`` (PostgreSQL): instead of the best few agents' rows, lock the best agent whom no other
+    transaction holds (FOR UPDATE SKIP LOCKED: rows are locked in ranking order, a held one is passed
+    over, one changed since the snapshot is checked again) and return its id, bullseye level and
+    whether it is the sticky agent."""
     proficiency: dict[int, Any] = {}
     # The candidates' skills ride along: PostgreSQL evaluates this subquery for the few rows the LIMIT
     # keeps, after the sort.
@@ -769,12 +884,17 @@ def _candidates_statement(
             .where(AgentLanguage.user_id == AgentState.user_id, AgentLanguage.language == bindparam("language"))
             .exists()
         )
-    query = query.where(AgentState.user_id.not_in(bindparam("excluded", expanding=True)))
+    query = query.where(_not_among(dialect, AgentState.user_id, "excluded"))
     total = sum(proficiency.values(), literal(0)) if proficiency else literal(0)
     occupancy = _occupancy_sql(dialect)
-    return query.order_by(
+    query = query.order_by(
         level_sql, total.desc(), AgentState.skill_count, occupancy, AgentState.idle_since, AgentState.user_id
-    ).limit(AGENTS_PER_DECISION)
+    )
+    if pick:
+        # With a sticky reservation the only candidate is the customer's own agent.
+        chosen = (AgentState.user_id, level_sql.label("level"), literal(sticky, Boolean()).label("sticky"))
+        return query.with_only_columns(*chosen).limit(1).with_for_update(of=AgentState.__table__, skip_locked=True)
+    return query.limit(AGENTS_PER_DECISION)
 
 
 def _candidates_query(
@@ -833,11 +953,9 @@ async def route_contact(
     now: datetime | None = None,
     cfg: RoutingConfig | None = None,
     entry: EntryRow | None = None,
-    candidates: list[policy.AgentView] | None = None,
 ) -> OfferMade | None:
     """Offer a waiting contact to the best agent who can take it now; None if nobody can (its next review
-    moment is then set so the sweep comes back to it). ``entry``: the row as just written (saves a read);
-    ``candidates``: the ranking query's answer, when it rode along with that write."""
+    moment is then set so the sweep comes back to it). ``entry``: the row as just written (saves a read)."""
     now = now or utcnow()
     cfg = cfg or _config
     if entry is None:
@@ -846,7 +964,7 @@ async def route_contact(
         return None
     queue = (await load_queues(db, [entry.queue_id]))[entry.queue_id]
     contact = contact_view(entry)
-    agents = candidates if candidates is not None else await _candidate_agents(db, entry, queue, now, cfg)
+    agents = await _candidate_agents(db, entry, queue, now, cfg)
     sticky_agent = contact.sticky_for(now.timestamp())
     choices = [
         Choice(agent.id, queue.rule.first_level(agent.skills) or 0, sticky_agent == agent.id)
@@ -860,20 +978,26 @@ async def route_contact(
             return None  # another process took the contact
     moment = _review_moment(entry, queue, now)
     if moment != entry.review_at:
-        # Skipped if someone else holds the row: they are deciding about this contact right now.
-        await db.execute(
-            update(RoutingEntry)
-            .where(
-                RoutingEntry.interaction_id.in_(
-                    _unlocked(db.bind.dialect.name, RoutingEntry.interaction_id, interaction_id)
-                ),
-                RoutingEntry.state == EntryState.waiting,
-                RoutingEntry.version == entry.version,
-            )
-            .values(review_at=moment)
-            .execution_options(synchronize_session=False)
-        )
+        await _set_review_at(db, entry, moment)
     return None
+
+
+async def _set_review_at(db: AsyncSession, entry: RoutingEntry | EntryRow, moment: datetime | None) -> None:
+    """When the sweep should look at a waiting contact again. Skipped if the entry changed or someone else
+    holds its row: they are deciding about this contact right now."""
+    await db.execute(
+        update(RoutingEntry)
+        .where(
+            RoutingEntry.interaction_id.in_(
+                _unlocked(db.bind.dialect.name, RoutingEntry.interaction_id, entry.interaction_id)
+            ),
+            RoutingEntry.state == EntryState.waiting,
+            RoutingEntry.version == entry.version,
+        )
+        .values(review_at=moment)
+        .execution_options(synchronize_session=False)
+    )
+    _seen(entry, review_at=moment)
 
 
 # Two decisions running at once can miss each other: a contact enqueued while an agent becomes available
@@ -1386,7 +1510,7 @@ async def _agent_with_facts(db: AsyncSession, user_id: int) -> tuple[Any, policy
     return row, _agent_view(row, skills, languages, queues)
 
 
-def _waiting_statement(heads: int) -> Any:
+def _waiting_statement(dialect: str, heads: int) -> Any:
     """The heads of ``heads`` queues (each an index range scan, LIMIT depth) plus the contacts reserved for
     the agent, minus those already tried (``skip``)."""
     now = bindparam("now", type_=UTCDateTime())
@@ -1412,7 +1536,7 @@ def _waiting_statement(heads: int) -> Any:
     candidates = union_all(*(select(part.c.interaction_id) for part in parts), reserved).subquery()
     return select(*ENTRY_COLUMNS).where(
         RoutingEntry.interaction_id.in_(select(candidates.c.interaction_id)),
-        RoutingEntry.interaction_id.not_in(bindparam("skip", expanding=True)),
+        _not_among(dialect, RoutingEntry.interaction_id, "skip"),
     )
 
 
@@ -1444,7 +1568,8 @@ async def _waiting_for(
     if not heads:
         return []  # nothing the agent could take now: the contacts reserved for them must wait too
     params["depth"] = (depth or CONTACTS_PER_QUEUE) + len(skip)
-    statement = _statement(("waiting", heads), lambda: _waiting_statement(heads))
+    dialect = db.bind.dialect.name
+    statement = _statement(("waiting", dialect, heads), lambda: _waiting_statement(dialect, heads))
     return _entry_rows(await db.execute(statement, params))
 
 
