@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from tests.routing.routing_support import (
     accept,
     clock,
@@ -517,3 +517,21 @@ async def test_a_contact_nobody_can_take_waits_with_its_review_moment(app, make)
         assert await db.scalar(select(func.count()).select_from(Offer).where(Offer.interaction_id == call)) == 0
     assert interaction.state == "queued" and interaction.queued_at == arrived and interaction.offered_at is None
     assert (await state_of(app, agent)).load_voice == 0
+
+
+async def test_an_agent_who_declined_the_heads_of_the_queue_gets_the_next_contact(app, make) -> None:
+    """The decision reads only the first few contacts of each queue; when the agent declined all of them
+    (more than that many), it looks deeper and offers the first one the agent has not declined."""
+    t = clock()
+    queue = await make_queue(app)
+    agent = await make_agent(app, make, queues=(queue.id,))
+    await set_presence(app, agent, "break", t.advance(1), reason="meal")
+    calls = [await contact(app, queue, t.advance(1)) for _ in range(routing.CONTACTS_PER_QUEUE + 2)]
+    declined = calls[: routing.CONTACTS_PER_QUEUE + 1]
+    async with app.state.session_factory() as db, db.begin():
+        await db.execute(
+            update(RoutingEntry).where(RoutingEntry.interaction_id.in_(declined)).values(excluded_agents=[agent.id])
+        )
+    await set_presence(app, agent, "available", t.advance(1))
+    assert await offered_to(app, calls[-1]) == agent.id
+    assert [await offered_to(app, call) for call in declined] == [None] * len(declined)

@@ -38,6 +38,7 @@ from sqlalchemy import (
     case,
     cast,
     delete,
+    false,
     func,
     insert,
     literal,
@@ -1341,50 +1342,56 @@ def _offer_made(
     return OfferMade(id=offer_id, **_offer_values(entry, choice, now, expires))
 
 
-@dataclass(frozen=True, slots=True)
-class ContactOption:
-    """A waiting contact route_agent may offer the agent, with what that offer records."""
+def _agent_claim_statement(heads: int, rest: bool) -> Any:
+    """PostgreSQL: an agent's decision in one statement (data-modifying CTEs), as _waiting_for,
+    policy.rank_contacts and a claim would make it in several.
 
-    entry: EntryRow
-    queue: QueueInfo
-    choice: Choice
+    ``pick`` locks the best waiting contact the agent may take now, held by no other transaction:
+    among the heads of the agent's eligible queues (``p_queue_ids``, see _waiting_statement) and those
+    reserved for the agent, minus those tried (``skip``) and those the agent declined, in the policy's
+    order (reserved for the agent first, then priority, longest waiting, id). Then the agent gets one
+    more contact of that one's channel class if they still can take it (``reserved``), the entry is
+    taken, the offer written and the interaction stamped, each only if the step before returned its row.
 
-
-def _contact_claim_statement(cls: str, rest: bool) -> Any:
-    """PostgreSQL: route_agent's claim in one statement. ``pick`` locks the first of the ranked contacts
-    (``p_ids``, best first, all of channel class ``cls``) still waiting at the version read and held by
-    no other transaction; then the agent is reserved, the entry taken, the offer written and the
-    interaction stamped, each only if the step before returned its row (nothing changes otherwise).
-    Agents freed at the same moment rank the same contacts first; a contact another decision holds is
-    passed over inside the statement instead of costing a failed claim and another round trip.
-    Returns (contacts picked, agents reserved, offer id, interaction id)."""
-
+    Returns (contacts picked, agents reserved, offer id, heads the agent declined, then the picked
+    entry's columns as they were before: EntryRow's fields, its queue's position in ``p_queue_ids``,
+    whether it was reserved for the agent)."""
     entries, agents = RoutingEntry.__table__, AgentState.__table__
-    ids = bindparam("p_ids", type_=postgresql.ARRAY(BigInteger()))
-    versions = Grouping(bindparam("p_versions", type_=postgresql.ARRAY(Integer())))
-    position = func.array_position(ids, entries.c.interaction_id)
+    # Named unlike any column: Core adds a parameter named like a column of an UPDATE's table (say
+    # interactions.agent_id) to its SET clause.
+    agent_id = bindparam("p_agent_id", type_=BigInteger())
+    now = bindparam("p_now", type_=UTCDateTime())
+    queue_ids = bindparam("p_queue_ids", type_=postgresql.ARRAY(BigInteger()))
+    candidates = _heads_union(heads, agent_id, now)
+    declined = entries.c.excluded_agents.op("@>", return_type=Boolean())(func.jsonb_build_array(agent_id))
+    # Reserved for this agent (never NULL: an entry without a reservation has NULLs there).
+    mine = func.coalesce(and_(entries.c.sticky_agent_id == agent_id, entries.c.sticky_until > now), false())
+    position = func.array_position(queue_ids, entries.c.queue_id)
     pick = (
-        select(entries.c.interaction_id, entries.c.queue_id, position.label("position"))
+        select(*ENTRY_COLUMNS, position.label("position"), mine.label("mine"))
         .where(
-            entries.c.interaction_id == any_(ids),
+            entries.c.interaction_id.in_(select(candidates.c.interaction_id)),
+            _not_among("postgresql", entries.c.interaction_id, "skip"),
             entries.c.state == EntryState.waiting,
-            entries.c.version == versions[position],
+            position.is_not(None),
+            ~declined,
         )
-        .order_by(position)
+        .order_by(case((mine, 0), else_=1), entries.c.priority_order, entries.c.waiting_since, entries.c.interaction_id)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=entries, skip_locked=True)
         .cte("pick")
     )
-    agent_id = bindparam("p_agent_id", type_=BigInteger())
+    picked_class = select(pick.c.channel_class).scalar_subquery()
+    # One more contact of the picked one's class, if the agent can still take one of that class.
+    loads = {
+        agents.c[LOAD_COLUMNS[cls]]: agents.c[LOAD_COLUMNS[cls]] + case((picked_class == cls, 1), else_=0)
+        for cls in policy.CHANNEL_CLASSES
+    }
+    routable = or_(*(and_(picked_class == cls, _routable_clause(cls, rest)) for cls in policy.CHANNEL_CLASSES))
     reserved = (
-        _agent_reserved(
-            cls,
-            rest,
-            and_(
-                agents.c.user_id.in_(_unlocked("postgresql", agents.c.user_id, agent_id)),
-                select(pick.c.interaction_id).exists(),
-            ),
-        )
+        update(agents)
+        .where(agents.c.user_id.in_(_unlocked("postgresql", agents.c.user_id, agent_id)), routable)
+        .values({**loads, agents.c.version: agents.c.version + 1})
         .returning(agents.c.user_id)
         .cte("reserved")
     )
@@ -1408,44 +1415,26 @@ def _contact_claim_statement(cls: str, rest: bool) -> Any:
         .cte("taken")
     )
     levels = Grouping(bindparam("p_levels", type_=postgresql.ARRAY(Integer())))
-    stickies = Grouping(bindparam("p_stickies", type_=postgresql.ARRAY(Boolean())))
-    made_from = _offer_columns(agent_id, levels[at], stickies[at])
+    made_from = _offer_columns(agent_id, levels[at], select(pick.c.mine).scalar_subquery())
     made_from.update(interaction_id=taken.c.interaction_id, queue_id=taken.c.queue_id, expires_at=expires)
     made, stamped = _offer_written(made_from)
-    return select(
-        select(func.count()).select_from(pick).scalar_subquery(),
-        select(func.count()).select_from(reserved).scalar_subquery(),
-        select(made.c.id).scalar_subquery(),
-        select(taken.c.interaction_id).scalar_subquery(),
-        select(func.count()).select_from(stamped).scalar_subquery(),
+    declined_heads = (
+        select(func.count())
+        .select_from(entries)
+        .where(entries.c.interaction_id.in_(select(candidates.c.interaction_id)), declined)
+        .scalar_subquery()
     )
-
-
-async def _claim_contact(
-    db: AsyncSession, agent_id: int, options: Sequence[ContactOption], now: datetime, cfg: RoutingConfig
-) -> tuple[OfferMade | None, bool, bool]:
-    """PostgreSQL: offer the agent the first of ``options`` (best first, one channel class) that can still
-    be had, in one round trip. Returns (the offer or None, whether any contact was there, whether the
-    agent could be reserved)."""
-    cls, rest = options[0].entry.channel_class, cfg.rest.after_seconds > 0
-    statement = _statement(("contact_claim", cls, rest), lambda: _contact_claim_statement(cls, rest))
-    expires = [now + timedelta(seconds=o.queue.offer_timeout_seconds) for o in options]
-    params = {
-        "p_ids": [o.entry.interaction_id for o in options],
-        "p_versions": [o.entry.version for o in options],
-        "p_expires": expires,
-        "p_levels": [o.choice.level for o in options],
-        "p_stickies": [o.choice.sticky for o in options],
-        "p_agent_id": agent_id,
-        "p_offered_at": now,
-        **_rest_params(now, cfg),
-    }
-    picked, reserved, offer_id, interaction_id, _stamped = (await db.execute(statement, params)).one()
-    if offer_id is None:
-        return None, bool(picked), bool(reserved) or not picked
-    at = next(n for n, o in enumerate(options) if o.entry.interaction_id == interaction_id)
-    option = options[at]
-    return _offer_made(db, option.entry, option.queue, option.choice, offer_id, now, expires[at]), True, True
+    one = select(literal(1).label("one")).subquery("one")
+    return select(
+        select(func.count()).select_from(pick).scalar_subquery().label("picked"),
+        select(func.count()).select_from(reserved).scalar_subquery().label("reserved"),
+        select(made.c.id).scalar_subquery().label("offer_id"),
+        declined_heads.label("declined_heads"),
+        select(func.count()).select_from(stamped).scalar_subquery().label("stamped"),
+        *(pick.c[name] for name in EntryRow.__slots__),  # type: ignore[attr-defined]
+        pick.c.position,
+        pick.c.mine,
+    ).select_from(one.outerjoin(pick, true()))
 
 
 def _seen(entry: RoutingEntry | EntryRow, **values: Any) -> None:
@@ -1510,16 +1499,17 @@ async def _agent_with_facts(db: AsyncSession, user_id: int) -> tuple[Any, policy
     return row, _agent_view(row, skills, languages, queues)
 
 
-def _waiting_statement(dialect: str, heads: int) -> Any:
-    """The heads of ``heads`` queues (each an index range scan, LIMIT depth) plus the contacts reserved for
-    the agent, minus those already tried (``skip``)."""
-    now = bindparam("now", type_=UTCDateTime())
+def _heads_union(heads: int, agent_id: Any, now: Any) -> Any:
+    """The ids of the heads of ``heads`` queues (``queue_<i>``, each an index range scan, LIMIT ``depth``,
+    of the contacts that waited since ``since_<i>``) and of the contacts reserved for the agent at ``now``.
+    ``agent_id`` and ``now`` are the caller's bind parameters: SQLAlchemy matches a cached statement's
+    parameters by object, and two of one name in one statement would be confused."""
     parts = []
     for i in range(heads):
         parts.append(
             select(RoutingEntry.interaction_id)
             .where(
-                RoutingEntry.queue_id == bindparam(f"queue_{i}"),
+                RoutingEntry.queue_id == bindparam(f"queue_{i}", type_=BigInteger()),
                 RoutingEntry.state == EntryState.waiting,
                 RoutingEntry.waiting_since <= bindparam(f"since_{i}", type_=UTCDateTime()),
                 or_(RoutingEntry.sticky_until.is_(None), RoutingEntry.sticky_until <= now),
@@ -1529,15 +1519,51 @@ def _waiting_statement(dialect: str, heads: int) -> Any:
             .subquery()
         )
     reserved = select(RoutingEntry.interaction_id).where(
-        RoutingEntry.sticky_agent_id == bindparam("agent_id"),
+        RoutingEntry.sticky_agent_id == agent_id,
         RoutingEntry.state == EntryState.waiting,
         RoutingEntry.sticky_until > now,
     )
-    candidates = union_all(*(select(part.c.interaction_id) for part in parts), reserved).subquery()
+    return union_all(*(select(part.c.interaction_id) for part in parts), reserved).subquery()
+
+
+def _waiting_statement(dialect: str, heads: int) -> Any:
+    """The entries of _heads_union, minus those already tried (``skip``)."""
+    candidates = _heads_union(
+        heads, bindparam("p_agent_id", type_=BigInteger()), bindparam("p_now", type_=UTCDateTime())
+    )
     return select(*ENTRY_COLUMNS).where(
         RoutingEntry.interaction_id.in_(select(candidates.c.interaction_id)),
         _not_among(dialect, RoutingEntry.interaction_id, "skip"),
     )
+
+
+def _heads_params(
+    agent: policy.AgentView,
+    queues: dict[int, QueueInfo],
+    now: datetime,
+    cfg: RoutingConfig,
+    skip: set[int],
+    depth: int,
+) -> tuple[dict[str, Any], list[tuple[QueueInfo, int]]]:
+    """_heads_union's parameters for this agent (``p_agent_id``, ``p_now``, ``queue_<i>``, ``since_<i>``,
+    ``depth``, ``skip``), and the queues whose heads it reads with the agent's
+    bullseye level in each: those active, in a language the agent speaks, of a channel class the agent
+    can take now, whose skill requirement the agent meets at some level."""
+    params: dict[str, Any] = {"p_now": now, "p_agent_id": agent.id, "skip": sorted(skip)}
+    eligible = []
+    for queue in queues.values():
+        if not queue.active or not policy.language_ok(queue.rule, agent):
+            continue
+        if not policy.agent_can_take_now(agent, queue.channel_class, cfg.rest, now.timestamp()):
+            continue
+        level = queue.rule.first_level(agent.skills)
+        if level is None:
+            continue
+        params[f"queue_{len(eligible)}"] = queue.row_id
+        params[f"since_{len(eligible)}"] = now - timedelta(seconds=queue.rule.wait_for_level(level))
+        eligible.append((queue, level))
+    params["depth"] = (depth or CONTACTS_PER_QUEUE) + len(skip)
+    return params, eligible
 
 
 async def _waiting_for(
@@ -1552,25 +1578,60 @@ async def _waiting_for(
     """The waiting contacts the agent could take: per queue they serve, the head of the queue among
     those that have waited long enough for the agent's bullseye level, plus any reserved for them. One
     statement: a UNION ALL of one index range scan per queue."""
-    params: dict[str, Any] = {"now": now, "agent_id": agent.id, "skip": sorted(skip)}
-    heads = 0
-    for queue in queues.values():
-        if not queue.active or not policy.language_ok(queue.rule, agent):
-            continue
-        if not policy.agent_can_take_now(agent, queue.channel_class, cfg.rest, now.timestamp()):
-            continue
-        level = queue.rule.first_level(agent.skills)
-        if level is None:
-            continue
-        params[f"queue_{heads}"] = queue.row_id
-        params[f"since_{heads}"] = now - timedelta(seconds=queue.rule.wait_for_level(level))
-        heads += 1
-    if not heads:
+    params, eligible = _heads_params(agent, queues, now, cfg, skip, depth)
+    if not eligible:
         return []  # nothing the agent could take now: the contacts reserved for them must wait too
-    params["depth"] = (depth or CONTACTS_PER_QUEUE) + len(skip)
-    dialect = db.bind.dialect.name
+    dialect, heads = db.bind.dialect.name, len(eligible)
     statement = _statement(("waiting", dialect, heads), lambda: _waiting_statement(dialect, heads))
     return _entry_rows(await db.execute(statement, params))
+
+
+@dataclass(slots=True)
+class AgentClaim:
+    """What _claim_for_agent did: the offer made (or None), the contact it picked (offered or, when the
+    agent could not be reserved, not), and how many heads the agent had declined."""
+
+    offer: OfferMade | None
+    picked: int | None
+    agent_reserved: bool
+    declined_heads: int
+
+
+async def _claim_for_agent(
+    db: AsyncSession,
+    agent: policy.AgentView,
+    queues: dict[int, QueueInfo],
+    now: datetime,
+    cfg: RoutingConfig,
+    skip: set[int],
+    depth: int,
+) -> AgentClaim | None:
+    """PostgreSQL: route_agent's round in one statement (_agent_claim_statement). None: no queue the
+    agent could take a contact from now."""
+    params, eligible = _heads_params(agent, queues, now, cfg, skip, depth)
+    if not eligible:
+        return None
+    rest = cfg.rest.after_seconds > 0
+    heads = len(eligible)
+    statement = _statement(("agent_claim", heads, rest), lambda: _agent_claim_statement(heads, rest))
+    expires = [now + timedelta(seconds=queue.offer_timeout_seconds) for queue, _ in eligible]
+    params.update(
+        p_queue_ids=[queue.row_id for queue, _ in eligible],
+        p_levels=[level for _, level in eligible],
+        p_expires=expires,
+        p_offered_at=now,
+        **_rest_params(now, cfg),
+    )
+    row = (await db.execute(statement, params)).one()
+    if not row.picked:
+        return AgentClaim(None, None, True, row.declined_heads)
+    entry = EntryRow(*(getattr(row, name) for name in EntryRow.__slots__))  # type: ignore[attr-defined]
+    if row.offer_id is None:
+        return AgentClaim(None, entry.interaction_id, bool(row.reserved), row.declined_heads)
+    queue, level = eligible[row.position - 1]
+    choice = Choice(agent.id, level, bool(row.mine))
+    offer = _offer_made(db, entry, queue, choice, row.offer_id, now, expires[row.position - 1])
+    return AgentClaim(offer, entry.interaction_id, True, row.declined_heads)
 
 
 def _can_take_more(agent: policy.AgentView, queues: dict[int, QueueInfo], cfg: RoutingConfig, now: datetime) -> bool:
@@ -1602,42 +1663,46 @@ async def route_agent(
     queues = await load_queues(db, agent.queues)
     rules = {q: i.rule for q, i in queues.items()}
     depth = CONTACTS_PER_QUEUE
+    postgres = db.bind.dialect.name == "postgresql"
     while _can_take_more(agent, queues, cfg, now):
-        entries = await _waiting_for(db, agent, queues, now, cfg, skip, depth)
-        ranked = policy.rank_contacts(agent, [contact_view(e) for e in entries], rules, cfg.rest, now.timestamp())
-        if not ranked:
-            if any(user_id in e.excluded_agents for e in entries) and depth < MAX_CONTACTS_PER_QUEUE:
-                # The heads of a queue were all declined by this agent: look deeper before giving up.
-                depth *= 4
+        if postgres:
+            # Reading, ranking and claiming in one statement.
+            claim = await _claim_for_agent(db, agent, queues, now, cfg, skip, depth)
+            if claim is None:
+                return offers
+            if claim.offer is not None:
+                offers.append(claim.offer)
+                skip.add(claim.offer.interaction_id)
+                cls = queues[claim.offer.queue_id].channel_class
+                agent.load[cls] = agent.load.get(cls, 0) + 1
                 continue
-            return offers
-        by_id = {e.interaction_id: e for e in entries}
-        options = []
-        for contact in ranked:
-            entry = by_id[contact.id]
+            if claim.picked is None:
+                if claim.declined_heads and depth < MAX_CONTACTS_PER_QUEUE:
+                    depth *= 4  # the heads of a queue were all declined by this agent: look deeper
+                    continue
+                return offers
+            skip.add(claim.picked)  # not tried again: each round skips more, the loop ends
+            agent_ok = claim.agent_reserved
+        else:  # SQLite, one writer at a time: read the heads, rank them, claim the best
+            entries = await _waiting_for(db, agent, queues, now, cfg, skip, depth)
+            ranked = policy.rank_contacts(agent, [contact_view(e) for e in entries], rules, cfg.rest, now.timestamp())
+            if not ranked:
+                if any(user_id in e.excluded_agents for e in entries) and depth < MAX_CONTACTS_PER_QUEUE:
+                    # The heads of a queue were all declined by this agent: look deeper before giving up.
+                    depth *= 4
+                    continue
+                return offers
+            entry = next(e for e in entries if e.interaction_id == ranked[0].id)
             queue = queues[entry.queue_id]
-            sticky = contact.sticky_for(now.timestamp()) == user_id
-            options.append(
-                ContactOption(entry, queue, Choice(user_id, queue.rule.first_level(agent.skills) or 0, sticky))
-            )
-        if db.bind.dialect.name == "postgresql":
-            # The best contacts of the best one's channel class in one claim (the class decides which
-            # load the agent takes on); the others come in the next round.
-            tried = [o for o in options if o.entry.channel_class == options[0].entry.channel_class]
-            claimed, _contact_there, agent_ok = await _claim_contact(db, user_id, tried, now, cfg)
-        else:  # SQLite, one writer at a time: the best contact; rarely lost, then the next round
-            tried = options[:1]
-            claimed, _still_waiting = await _claim(db, tried[0].entry, tried[0].queue, [tried[0].choice], now, cfg)
-            agent_ok = claimed is not None
-        # What was tried and not had is not tried again (each round skips more: the loop ends).
-        lost = [o.entry.interaction_id for o in tried] if claimed is None else []
-        skip.update(lost)
-        if claimed is not None:
-            skip.add(claimed.interaction_id)
-            cls = by_id[claimed.interaction_id].channel_class
-            agent.load[cls] = agent.load.get(cls, 0) + 1
-            offers.append(claimed)
-            continue
+            sticky = ranked[0].sticky_for(now.timestamp()) == user_id
+            choice = Choice(user_id, queue.rule.first_level(agent.skills) or 0, sticky)
+            claimed, _still_waiting = await _claim(db, entry, queue, [choice], now, cfg)
+            skip.add(entry.interaction_id)  # offered or lost: not tried again (the loop ends)
+            if claimed is not None:
+                agent.load[entry.channel_class] = agent.load.get(entry.channel_class, 0) + 1
+                offers.append(claimed)
+                continue
+            agent_ok = False
         if not agent_ok:
             # The agent changed (left, filled up) meanwhile, or might have: read them again.
             state = await _agent_row(db, user_id)
