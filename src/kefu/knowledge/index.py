@@ -9,7 +9,9 @@ on SQLite or PostgreSQL, and a lost message can delay a change but never lose it
 With an embedding model (``KEFU_KB_EMBEDDING_MODEL``), articles also need vectors. Each process takes
 those already stored in ``kb_article_vectors`` (for the same model and text) and computes the missing
 ones in a background thread, storing them for the others; until an article has its vector, search ranks
-it by keywords alone. A change is searchable at once either way.
+it by keywords alone. A change is searchable at once either way. The same round then keeps a question
+model (search/question_model.py: question vectors in a fraction of a millisecond) fitting the knowledge
+base, stored in ``kb_question_models``; until there is one, questions are embedded by the model itself.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from kefu.core.events import EventBus
 from kefu.core.policy import Principal
 from kefu.db.base import dialect_insert, utcnow
 from kefu.knowledge.content import plain_text
-from kefu.knowledge.models import Article, ArticleVector, ArticleVersion, IndexChange, SearchLog
+from kefu.knowledge.models import Article, ArticleVector, ArticleVersion, IndexChange, QuestionModelRow, SearchLog
 from kefu.knowledge.search import Document, SearchEngine, SearchFilters, SearchHit, Suggestion
 from kefu.knowledge.search.embedding import Embedder
+from kefu.knowledge.search.question_model import QuestionModel, build_question_model
 from kefu.knowledge.service import CASE_FIELDS, INDEX_EVENT, is_staff
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,15 @@ log = logging.getLogger(__name__)
 EMBED_BATCH = 8
 # After a failed embedding round, wait this long before the next (a broken model must not spin).
 EMBED_RETRY_SECONDS = 60.0
+# The question model is built again when the knowledge base grew or shrank by more than this share of
+# the size it was built from (and by at least QUESTION_MODEL_MIN_CHANGE articles): new words until then
+# fall back on their characters, and the map stays valid as the vocabulary grows.
+QUESTION_MODEL_REBUILD_SHARE = 0.25
+QUESTION_MODEL_MIN_CHANGE = 50
+
+
+def _question_model_stale(built_from: int, articles: int) -> bool:
+    return abs(articles - built_from) > max(QUESTION_MODEL_REBUILD_SHARE * built_from, QUESTION_MODEL_MIN_CHANGE)
 
 
 def _batched(items: list, size: int) -> list[list]:
@@ -92,9 +104,12 @@ class KnowledgeIndex:
         bus: EventBus | None = None,
         retrain_seconds: float = 1800,
         embedder: Embedder | None = None,
+        question_vectors: str = "static",
     ) -> None:
         self.factory = factory
         self.embedder = embedder
+        # "static": questions get their vectors from a question model built in the background.
+        self.question_vectors = question_vectors
         self._embedding: asyncio.Task[int] | None = None
         self._vectors_wanted = embedder is not None
         self._embedding_failed_at: float | None = None
@@ -129,6 +144,7 @@ class KnowledgeIndex:
             last = await db.scalar(select(func.coalesce(func.max(IndexChange.id), 0)))
             rows = await self._live(db, None)
         engine = SearchEngine(self.engine.config, embedder=self.embedder)
+        engine.set_question_model(self.engine.question_model)  # still fits: it is rebuilt by size, not content
         engine.add_many(document_of(a, v) for a, v in rows)
         self.validity = {str(a.id): Validity(a.effective_from, a.expires_at) for a, _ in rows}
         self.engine, self.last_change_id = engine, int(last or 0)
@@ -203,7 +219,7 @@ class KnowledgeIndex:
         if self._embedding_failed_at is not None and time.monotonic() - self._embedding_failed_at < EMBED_RETRY_SECONDS:
             return
         self._vectors_wanted = False  # changes arriving during the round set it again
-        self._embedding = asyncio.create_task(self._embed_missing(), name="kefu-kb-embeddings")
+        self._embedding = asyncio.create_task(self._embedding_round(), name="kefu-kb-embeddings")
         self._embedding.add_done_callback(self._embedding_done)
 
     def _embedding_done(self, task: asyncio.Task[int]) -> None:
@@ -214,6 +230,52 @@ class KnowledgeIndex:
             self._embedding_failed_at, self._vectors_wanted = time.monotonic(), True
         elif task.result():
             log.info("article vectors made: %d", task.result())
+
+    async def _embedding_round(self) -> int:
+        made = await self._embed_missing()
+        if self.question_vectors == "static":
+            await self._refresh_question_model()
+        return made
+
+    async def _refresh_question_model(self) -> None:
+        """Give search a question model that fits the knowledge base: the one in use while the base is
+        about the size it was built from, else the stored one if it fits (another process built it),
+        else a new one, built in a thread (minutes for thousands of articles) and stored."""
+        assert self.embedder is not None
+        articles = len(self.engine)
+        current = self.engine.question_model
+        if not articles or (current is not None and not _question_model_stale(current.articles, articles)):
+            return
+        async with self.factory() as db:
+            row = (
+                await db.execute(
+                    select(QuestionModelRow.articles, QuestionModelRow.payload).where(
+                        QuestionModelRow.model == self.embedder.name
+                    )
+                )
+            ).first()
+        if row is not None and (current is None or row.articles != current.articles):
+            stored = await asyncio.to_thread(QuestionModel.from_bytes, row.payload)
+            if self.engine.set_question_model(stored):
+                current = stored
+        if current is not None and not _question_model_stale(current.articles, articles):
+            return
+        passages = self.engine.passages()
+        try:
+            built = await asyncio.to_thread(build_question_model, self.embedder, passages, previous=current)
+        except ValueError as error:  # too little text yet: questions use the model itself meanwhile
+            log.info("no question model yet: %s", error)
+            return
+        self.engine.set_question_model(built)
+        payload = await asyncio.to_thread(built.to_bytes)
+        values = {"articles": built.articles, "payload": payload, "created_at": utcnow()}
+        async with self.factory() as db, db.begin():
+            await db.execute(
+                dialect_insert(db)(QuestionModelRow)
+                .values(model=built.model, **values)
+                .on_conflict_do_update(index_elements=[QuestionModelRow.model], set_=values)
+            )
+        log.info("question model built: %d terms from %d articles", len(built.terms), built.articles)
 
     async def _embed_missing(self) -> int:
         """Give every article of the index without a vector one: stored ones first (any process may have

@@ -308,3 +308,15 @@ class ArticleVector(Base):
     passage_key: Mapped[str] = mapped_column(String(64), nullable=False)
     vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # float32, little-endian
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class QuestionModelRow(Base):
+    """The question model of search (kefu.knowledge.search.question_model) for one embedding model: built
+    in the background by whichever process gets there first, read by every other one."""
+
+    __tablename__ = "kb_question_models"
+
+    model: Mapped[str] = mapped_column(String(300), primary_key=True)
+    articles: Mapped[int] = mapped_column(Integer, nullable=False)  # knowledge-base size it was built from
+    payload: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # QuestionModel.to_bytes()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)

@@ -21,6 +21,7 @@ import numpy as np
 
 from kefu.knowledge.search.embedding import Embedder, EmbeddingUnavailable, load_embedder
 from kefu.knowledge.search.engine import Document, SearchEngine
+from kefu.knowledge.search.question_model import QuestionModel, build_question_model
 
 __all__ = ["InputError", "build_engine", "embed_all", "evaluate", "load_kb_jsonl", "load_queries_jsonl", "main", "run"]
 
@@ -113,18 +114,38 @@ def article_to_document(article: dict[str, Any]) -> Document:
 
 
 def build_engine(
-    articles: list[dict[str, Any]], *, embedder: Embedder | None = None, vector_cache: Path | None = None
+    articles: list[dict[str, Any]],
+    *,
+    embedder: Embedder | None = None,
+    vector_cache: Path | None = None,
+    question_vectors: str = "static",
 ) -> SearchEngine:
     """Index the articles and train the question re-ranker from their similar questions, if any; with
     ``embedder``, give every article its vector (reusing those in ``vector_cache``, an .npz by passage
-    key, and adding the new ones to it)."""
+    key, and adding the new ones to it) and, with ``question_vectors`` "static", build the question
+    model (cached beside it as ``<cache>.questions.npz``) as the app does in the background."""
     engine = SearchEngine(embedder=embedder)
     engine.add_many(article_to_document(a) for a in articles)
     engine.compact()
     engine.train_reranker()
     if embedder is not None:
         embed_all(engine, vector_cache)
+        if question_vectors == "static":
+            engine.set_question_model(_question_model(engine, vector_cache))
     return engine
+
+
+def _question_model(engine: SearchEngine, vector_cache: Path | None) -> QuestionModel:
+    assert engine.embedder is not None
+    cache = vector_cache.with_name(vector_cache.stem + ".questions.npz") if vector_cache is not None else None
+    if cache is not None and cache.exists():
+        cached = QuestionModel.from_bytes(cache.read_bytes())
+        if cached.model == engine.embedder.name and cached.articles == len(engine):
+            return cached
+    built = build_question_model(engine.embedder, engine.passages())
+    if cache is not None:
+        cache.write_bytes(built.to_bytes())
+    return built
 
 
 def embed_all(engine: SearchEngine, vector_cache: Path | None, *, batch: int = 32) -> int:
@@ -154,6 +175,7 @@ def evaluate(
     top_k: int = 10,
     embedder: Embedder | None = None,
     vector_cache: Path | None = None,
+    question_vectors: str = "static",
 ) -> dict[str, float | int]:
     """Index ``kb_path``, run every query of ``queries_path`` and score the rankings.
 
@@ -168,7 +190,7 @@ def evaluate(
             raise InputError(f"{queries_path}:{number}: no gold article of this query is in {kb_path}")
 
     started = time.perf_counter()
-    engine = build_engine(articles, embedder=embedder, vector_cache=vector_cache)
+    engine = build_engine(articles, embedder=embedder, vector_cache=vector_cache, question_vectors=question_vectors)
     build_seconds = time.perf_counter() - started
 
     depth = max(top_k, 10)
@@ -203,18 +225,29 @@ def run(
     top_k: int = 10,
     embedding_model: str = "",
     embedding_cache: Path | None = None,
+    question_vectors: str = "static",
 ) -> dict[str, Any]:
     """``evaluate`` with the embedding model named as in the setting (empty: none); what ``kefu kb eval``
     runs. Raises ``InputError`` for bad files and an unloadable model."""
+    if question_vectors not in ("static", "model"):
+        raise InputError(f"question vectors must be static or model, not {question_vectors!r}")
     try:
         embedder = load_embedder(embedding_model)
     except EmbeddingUnavailable as exc:
         raise InputError(str(exc)) from exc
     result: dict[str, Any] = dict(
-        evaluate(kb_path, queries_path, top_k=top_k, embedder=embedder, vector_cache=embedding_cache)
+        evaluate(
+            kb_path,
+            queries_path,
+            top_k=top_k,
+            embedder=embedder,
+            vector_cache=embedding_cache,
+            question_vectors=question_vectors,
+        )
     )
     if embedder is not None:
         result["embedding_model"] = embedder.name
+        result["question_vectors"] = question_vectors
     return result
 
 
@@ -229,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--embedding-cache", type=Path, help=".npz of article vectors by passage key, reused and extended"
     )
+    parser.add_argument(
+        "--question-vectors",
+        choices=("static", "model"),
+        default="static",
+        help="with a model: questions' vectors from the question model (fast, default) or the model itself",
+    )
     args = parser.parse_args(argv)
     try:
         result = run(
@@ -237,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             top_k=args.top_k,
             embedding_model=args.embedding_model,
             embedding_cache=args.embedding_cache,
+            question_vectors=args.question_vectors,
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
