@@ -42,6 +42,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -827,6 +828,15 @@ def _occupancy_sql(dialect: str) -> Any:
     return greatest(*shares)
 
 
+def _inline(value: int) -> Any:
+    """An integer written into the statement, not bound: for what is fixed per cached statement (its
+    LIMIT, the skills and levels of a queue's shape). PostgreSQL plans a prepared statement once, for
+    any parameters, only while that plan looks no dearer than planning each execution; it costs a bound
+    LIMIT as a tenth of the rows and a bound comparison by default selectivities, and planned the
+    decisions' statements anew on every execution, taking longer than running them."""
+    return literal_column(str(int(value)))
+
+
 def _not_among(dialect: str, column: Any, name: str) -> Any:
     """``column`` is none of the ids in the list parameter ``name``. PostgreSQL: an array parameter, not
     an expanding IN list, so the statement's text (its prepared plan, SQLAlchemy's rendering) stays the
@@ -863,16 +873,17 @@ def _candidates_statement(
     )
     for need in needs:
         held = aliased(AgentSkill)
-        query = query.outerjoin(held, and_(held.user_id == AgentState.user_id, held.skill_id == need.skill_id))
-        proficiency[need.skill_id] = func.coalesce(held.proficiency, 0)
+        query = query.outerjoin(held, and_(held.user_id == AgentState.user_id, held.skill_id == _inline(need.skill_id)))
+        proficiency[need.skill_id] = func.coalesce(held.proficiency, _inline(0))
     whens = []
     for level, level_needs in enumerate(levels):
         met = (
-            and_(true(), *(proficiency[n.skill_id] >= n.min_proficiency for n in level_needs))
+            and_(true(), *(proficiency[n.skill_id] >= _inline(n.min_proficiency) for n in level_needs))
             if level_needs is not None
             else true()
         )
-        whens.append((met, level))
+        whens.append((met, _inline(level)))
+    # (A bare integer in ORDER BY would name a column by position: these two stay bound.)
     level_sql = case(*whens, else_=None) if whens else literal(0)
     query = query.where(_routable_clause(cls, rest), level_sql.is_not(None))
     # A reserved (sticky) contact: only the customer's agent, at any level.
@@ -894,8 +905,9 @@ def _candidates_statement(
     if pick:
         # With a sticky reservation the only candidate is the customer's own agent.
         chosen = (AgentState.user_id, level_sql.label("level"), literal(sticky, Boolean()).label("sticky"))
-        return query.with_only_columns(*chosen).limit(1).with_for_update(of=AgentState.__table__, skip_locked=True)
-    return query.limit(AGENTS_PER_DECISION)
+        locked = query.with_only_columns(*chosen).limit(_inline(1))
+        return locked.with_for_update(of=AgentState.__table__, skip_locked=True)
+    return query.limit(_inline(AGENTS_PER_DECISION))
 
 
 def _candidates_query(
@@ -1342,7 +1354,7 @@ def _offer_made(
     return OfferMade(id=offer_id, **_offer_values(entry, choice, now, expires))
 
 
-def _agent_claim_statement(heads: int, rest: bool) -> Any:
+def _agent_claim_statement(heads: int, depth: int, rest: bool) -> Any:
     """PostgreSQL: an agent's decision in one statement (data-modifying CTEs), as _waiting_for,
     policy.rank_contacts and a claim would make it in several.
 
@@ -1362,7 +1374,7 @@ def _agent_claim_statement(heads: int, rest: bool) -> Any:
     agent_id = bindparam("p_agent_id", type_=BigInteger())
     now = bindparam("p_now", type_=UTCDateTime())
     queue_ids = bindparam("p_queue_ids", type_=postgresql.ARRAY(BigInteger()))
-    candidates = _heads_union(heads, agent_id, now)
+    candidates = _heads_union(heads, depth, agent_id, now)
     declined = entries.c.excluded_agents.op("@>", return_type=Boolean())(func.jsonb_build_array(agent_id))
     # Reserved for this agent (never NULL: an entry without a reservation has NULLs there).
     mine = func.coalesce(and_(entries.c.sticky_agent_id == agent_id, entries.c.sticky_until > now), false())
@@ -1499,7 +1511,7 @@ async def _agent_with_facts(db: AsyncSession, user_id: int) -> tuple[Any, policy
     return row, _agent_view(row, skills, languages, queues)
 
 
-def _heads_union(heads: int, agent_id: Any, now: Any) -> Any:
+def _heads_union(heads: int, depth: int, agent_id: Any, now: Any) -> Any:
     """The ids of the heads of ``heads`` queues (``queue_<i>``, each an index range scan, LIMIT ``depth``,
     of the contacts that waited since ``since_<i>``) and of the contacts reserved for the agent at ``now``.
     ``agent_id`` and ``now`` are the caller's bind parameters: SQLAlchemy matches a cached statement's
@@ -1515,7 +1527,7 @@ def _heads_union(heads: int, agent_id: Any, now: Any) -> Any:
                 or_(RoutingEntry.sticky_until.is_(None), RoutingEntry.sticky_until <= now),
             )
             .order_by(RoutingEntry.priority_order, RoutingEntry.waiting_since)
-            .limit(bindparam("depth", type_=Integer()))
+            .limit(_inline(depth))
             .subquery()
         )
     reserved = select(RoutingEntry.interaction_id).where(
@@ -1526,10 +1538,10 @@ def _heads_union(heads: int, agent_id: Any, now: Any) -> Any:
     return union_all(*(select(part.c.interaction_id) for part in parts), reserved).subquery()
 
 
-def _waiting_statement(dialect: str, heads: int) -> Any:
+def _waiting_statement(dialect: str, heads: int, depth: int) -> Any:
     """The entries of _heads_union, minus those already tried (``skip``)."""
     candidates = _heads_union(
-        heads, bindparam("p_agent_id", type_=BigInteger()), bindparam("p_now", type_=UTCDateTime())
+        heads, depth, bindparam("p_agent_id", type_=BigInteger()), bindparam("p_now", type_=UTCDateTime())
     )
     return select(*ENTRY_COLUMNS).where(
         RoutingEntry.interaction_id.in_(select(candidates.c.interaction_id)),
@@ -1544,11 +1556,11 @@ def _heads_params(
     cfg: RoutingConfig,
     skip: set[int],
     depth: int,
-) -> tuple[dict[str, Any], list[tuple[QueueInfo, int]]]:
+) -> tuple[dict[str, Any], list[tuple[QueueInfo, int]], int]:
     """_heads_union's parameters for this agent (``p_agent_id``, ``p_now``, ``queue_<i>``, ``since_<i>``,
-    ``depth``, ``skip``), and the queues whose heads it reads with the agent's
-    bullseye level in each: those active, in a language the agent speaks, of a channel class the agent
-    can take now, whose skill requirement the agent meets at some level."""
+    ``skip``); the queues whose heads it reads, with the agent's bullseye level in each: those active, in
+    a language the agent speaks, of a channel class the agent can take now, whose skill requirement the
+    agent meets at some level; and how deep it reads each queue."""
     params: dict[str, Any] = {"p_now": now, "p_agent_id": agent.id, "skip": sorted(skip)}
     eligible = []
     for queue in queues.values():
@@ -1562,8 +1574,7 @@ def _heads_params(
         params[f"queue_{len(eligible)}"] = queue.row_id
         params[f"since_{len(eligible)}"] = now - timedelta(seconds=queue.rule.wait_for_level(level))
         eligible.append((queue, level))
-    params["depth"] = (depth or CONTACTS_PER_QUEUE) + len(skip)
-    return params, eligible
+    return params, eligible, (depth or CONTACTS_PER_QUEUE) + len(skip)
 
 
 async def _waiting_for(
@@ -1578,11 +1589,11 @@ async def _waiting_for(
     """The waiting contacts the agent could take: per queue they serve, the head of the queue among
     those that have waited long enough for the agent's bullseye level, plus any reserved for them. One
     statement: a UNION ALL of one index range scan per queue."""
-    params, eligible = _heads_params(agent, queues, now, cfg, skip, depth)
+    params, eligible, depth = _heads_params(agent, queues, now, cfg, skip, depth)
     if not eligible:
         return []  # nothing the agent could take now: the contacts reserved for them must wait too
     dialect, heads = db.bind.dialect.name, len(eligible)
-    statement = _statement(("waiting", dialect, heads), lambda: _waiting_statement(dialect, heads))
+    statement = _statement(("waiting", dialect, heads, depth), lambda: _waiting_statement(dialect, heads, depth))
     return _entry_rows(await db.execute(statement, params))
 
 
@@ -1608,12 +1619,12 @@ async def _claim_for_agent(
 ) -> AgentClaim | None:
     """PostgreSQL: route_agent's round in one statement (_agent_claim_statement). None: no queue the
     agent could take a contact from now."""
-    params, eligible = _heads_params(agent, queues, now, cfg, skip, depth)
+    params, eligible, depth = _heads_params(agent, queues, now, cfg, skip, depth)
     if not eligible:
         return None
     rest = cfg.rest.after_seconds > 0
     heads = len(eligible)
-    statement = _statement(("agent_claim", heads, rest), lambda: _agent_claim_statement(heads, rest))
+    statement = _statement(("agent_claim", heads, depth, rest), lambda: _agent_claim_statement(heads, depth, rest))
     expires = [now + timedelta(seconds=queue.offer_timeout_seconds) for queue, _ in eligible]
     params.update(
         p_queue_ids=[queue.row_id for queue, _ in eligible],
