@@ -150,3 +150,21 @@ def test_the_engine_takes_question_vectors_from_the_model_and_falls_back_to_the_
     stranger.name = "another-model"
     assert not engine.set_question_model(build_question_model(stranger, PASSAGES))
     assert engine.question_model is model
+
+
+def test_a_build_stops_between_batches_when_told() -> None:
+    """The app's index tells a build running in its thread to stop (at shutdown) through ``progress``."""
+
+    class Stop(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def progress(done: int) -> None:
+        seen.append(done)
+        raise Stop
+
+    embedder = HashEmbedder()
+    with pytest.raises(Stop):
+        build_question_model(embedder, PASSAGES * 30, progress=progress)
+    assert seen == [64] and len(embedder.embedded) == 64  # one batch, then no more model calls

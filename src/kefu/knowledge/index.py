@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -46,14 +47,17 @@ EMBED_BATCH = 8
 # After a failed embedding round, wait this long before the next (a broken model must not spin).
 EMBED_RETRY_SECONDS = 60.0
 # The question model is built again when the knowledge base grew or shrank by more than this share of
-# the size it was built from (and by at least QUESTION_MODEL_MIN_CHANGE articles): new words until then
-# fall back on their characters, and the map stays valid as the vocabulary grows.
+# the size it was built from: new words until then fall back on their characters, and the map stays
+# valid as the vocabulary grows. (A rebuild embeds only new words; a small base rebuilds in seconds.)
 QUESTION_MODEL_REBUILD_SHARE = 0.25
-QUESTION_MODEL_MIN_CHANGE = 50
+
+
+class _Stopped(Exception):
+    """The index is stopping: a question-model build in its thread gives up."""
 
 
 def _question_model_stale(built_from: int, articles: int) -> bool:
-    return abs(articles - built_from) > max(QUESTION_MODEL_REBUILD_SHARE * built_from, QUESTION_MODEL_MIN_CHANGE)
+    return abs(articles - built_from) > QUESTION_MODEL_REBUILD_SHARE * built_from
 
 
 def _batched(items: list, size: int) -> list[list]:
@@ -110,6 +114,7 @@ class KnowledgeIndex:
         self.embedder = embedder
         # "static": questions get their vectors from a question model built in the background.
         self.question_vectors = question_vectors
+        self._stopping = threading.Event()
         self._embedding: asyncio.Task[int] | None = None
         self._vectors_wanted = embedder is not None
         self._embedding_failed_at: float | None = None
@@ -261,10 +266,21 @@ class KnowledgeIndex:
         if current is not None and not _question_model_stale(current.articles, articles):
             return
         passages = self.engine.passages()
+
+        def going_on(_embedded: int) -> None:
+            # The build runs minutes in a thread, which task cancellation does not reach: stop() is
+            # seen here, between two batches, so that a shutdown never waits for the whole build.
+            if self._stopping.is_set():
+                raise _Stopped
+
         try:
-            built = await asyncio.to_thread(build_question_model, self.embedder, passages, previous=current)
+            built = await asyncio.to_thread(
+                build_question_model, self.embedder, passages, previous=current, progress=going_on
+            )
         except ValueError as error:  # too little text yet: questions use the model itself meanwhile
             log.info("no question model yet: %s", error)
+            return
+        except _Stopped:
             return
         self.engine.set_question_model(built)
         payload = await asyncio.to_thread(built.to_bytes)
@@ -344,6 +360,7 @@ class KnowledgeIndex:
             await asyncio.wait_for(self.ready.wait(), timeout=30)
 
     async def stop(self) -> None:
+        self._stopping.set()
         for task in (self._listener, self._task, self._training, self._embedding):
             if task is not None:
                 task.cancel()

@@ -219,7 +219,8 @@ def build_question_model(
     """Build the question model for the articles' passage texts. Term vectors of ``previous`` (same
     embedding model) are reused, so a rebuild embeds only new terms; the map is fitted again.
     Slow: one model call per new term and per fragment (minutes for thousands of articles); run it in
-    the background. ``progress`` is told the number of texts embedded so far."""
+    the background. ``progress`` is told the number of texts embedded so far, after every batch (terms,
+    then fragments); an exception it raises stops the build there."""
     statistics = term_statistics(passages, max_words=max_words)
     if not statistics.terms:
         raise ValueError("no text to learn question vectors from")
@@ -246,7 +247,7 @@ def build_question_model(
     fragments = [text for text in training_fragments(passages) if unmapped.rows(text)]
     if len(fragments) < 2:
         raise ValueError("too little text to learn question vectors from")
-    targets = _embedded(embedder, fragments, None)
+    targets = _embedded(embedder, fragments, (lambda done: progress(len(new) + done)) if progress else None)
     inputs = np.stack([unmapped.pooled(unmapped.rows(text)) for text in fragments])
     mapping = fit_mapping(inputs, targets)
     return QuestionModel(embedder.name, statistics.terms, vectors, weights, mapping, articles=len(passages))
