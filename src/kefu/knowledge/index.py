@@ -251,21 +251,18 @@ class KnowledgeIndex:
         current = self.engine.question_model
         if not articles or (current is not None and not _question_model_stale(current.articles, articles)):
             return
+        stored_row = QuestionModelRow.model == self.embedder.name
         async with self.factory() as db:
-            row = (
-                await db.execute(
-                    select(QuestionModelRow.articles, QuestionModelRow.payload).where(
-                        QuestionModelRow.model == self.embedder.name
-                    )
-                )
-            ).first()
-        if row is not None and (current is None or row.articles != current.articles):
-            stored = await asyncio.to_thread(QuestionModel.from_bytes, row.payload)
-            if self.engine.set_question_model(stored):
-                current = stored
+            stored_size = await db.scalar(select(QuestionModelRow.articles).where(stored_row))
+            # The payload (tens of MB for a large base) only when it is not the model in use.
+            if stored_size is not None and (current is None or stored_size != current.articles):
+                payload = await db.scalar(select(QuestionModelRow.payload).where(stored_row))
+                stored = await asyncio.to_thread(QuestionModel.from_bytes, payload)
+                if self.engine.set_question_model(stored):
+                    current = stored
         if current is not None and not _question_model_stale(current.articles, articles):
             return
-        passages = self.engine.passages()
+        engine = self.engine
 
         def going_on(_embedded: int) -> None:
             # The build runs minutes in a thread, which task cancellation does not reach: stop() is
@@ -273,10 +270,12 @@ class KnowledgeIndex:
             if self._stopping.is_set():
                 raise _Stopped
 
+        def build() -> QuestionModel:  # in a thread: the passages of 100k articles are work too
+            assert self.embedder is not None
+            return build_question_model(self.embedder, engine.passages(), previous=current, progress=going_on)
+
         try:
-            built = await asyncio.to_thread(
-                build_question_model, self.embedder, passages, previous=current, progress=going_on
-            )
+            built = await asyncio.to_thread(build)
         except ValueError as error:  # too little text yet: questions use the model itself meanwhile
             log.info("no question model yet: %s", error)
             return

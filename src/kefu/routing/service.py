@@ -591,14 +591,8 @@ def _arrival_statement(names: tuple[str, ...], shape: tuple[Any, ...]) -> Any:
         .returning(agents.c.user_id)
         .cte("reserved")
     )
-    offers = Offer.__table__
     made_from = _offer_columns(reserved.c.user_id, pick.c.level, pick.c.sticky)
-    made = (
-        insert(offers)
-        .from_select(list(made_from), select(*made_from.values()).select_from(reserved.join(pick, true())))
-        .returning(offers.c.id)
-        .cte("made")
-    )
+    made = _offer_inserted(made_from, reserved.join(pick, true()))
     stamped = (
         interactions.routing_queued_offered_update(
             select(inserted.c.interaction_id).scalar_subquery(),
@@ -636,7 +630,6 @@ async def _arrive(
     review_at = _review_moment(entry, queue, now)
     params = {f"p_{name}": value for name, value in values.items() if name not in _ARRIVAL_DECIDED}
     params.update(ranking, p_expires_at=expires, p_review_at=review_at, p_queue=queue.code, p_offered_at=now)
-    params.update(_rest_params(now, _config))
     row = (await db.execute(statement, params)).one()
     if not row.inserted:
         existing = await _entry_row(db, entry.interaction_id)
@@ -1130,18 +1123,24 @@ def _offer_columns(agent_id: Any, level: Any, sticky: Any) -> dict[str, Any]:
     }
 
 
+def _offer_inserted(made_from: dict[str, Any], source: Any = None) -> Any:
+    """The CTE ``made``: the offer row from ``made_from`` (column -> expression over ``source``, if any),
+    returning its id and interaction."""
+    offers = Offer.__table__
+    values = select(*made_from.values())
+    if source is not None:
+        values = values.select_from(source)
+    return (
+        insert(offers).from_select(list(made_from), values).returning(offers.c.id, offers.c.interaction_id).cte("made")
+    )
+
+
 def _offer_written(made_from: dict[str, Any]) -> tuple[Any, Any]:
     """The last two steps of a PostgreSQL claim, as CTEs: the offer row from ``made_from`` (column ->
     expression), and the interaction's first "offered" time stamped."""
     from kefu.interactions import service as interactions
 
-    offers = Offer.__table__
-    made = (
-        insert(offers)
-        .from_select(list(made_from), select(*made_from.values()))
-        .returning(offers.c.id, offers.c.interaction_id)
-        .cte("made")
-    )
+    made = _offer_inserted(made_from)
     stamped = (
         interactions.routing_stamp_update(
             "offered", select(made.c.interaction_id).scalar_subquery(), made_from["offered_at"]
@@ -1389,7 +1388,7 @@ def _agent_claim_statement(heads: int, depth: int, rest: bool) -> Any:
             ~declined,
         )
         .order_by(case((mine, 0), else_=1), entries.c.priority_order, entries.c.waiting_since, entries.c.interaction_id)
-        .limit(1)
+        .limit(_inline(1))
         .with_for_update(of=entries, skip_locked=True)
         .cte("pick")
     )

@@ -603,8 +603,8 @@ class SearchEngine:
         """The question's vector: from the question model when there is one and it knows a word of the
         question (a fraction of a millisecond), else from the embedding model itself (tens of ms)."""
         assert self.embedder is not None
-        model = self.question_model
-        if model is not None and model.model == self.embedder.name:
+        model = self.question_model  # set_question_model admits only one made with this embedder
+        if model is not None:
             vector = model.encode(query)
             if vector is not None:
                 return vector

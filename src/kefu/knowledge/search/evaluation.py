@@ -10,6 +10,7 @@ keeps their vectors for the next run).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kefu.knowledge.search.embedding import Embedder, EmbeddingUnavailable, load_embedder
+from kefu.knowledge.search.embedding import Embedder, EmbeddingUnavailable, load_embedder, passage_key
 from kefu.knowledge.search.engine import Document, SearchEngine
 from kefu.knowledge.search.question_model import QuestionModel, build_question_model
 
@@ -123,7 +124,7 @@ def build_engine(
     """Index the articles and train the question re-ranker from their similar questions, if any; with
     ``embedder``, give every article its vector (reusing those in ``vector_cache``, an .npz by passage
     key, and adding the new ones to it) and, with ``question_vectors`` "static", build the question
-    model (cached beside it as ``<cache>.questions.npz``) as the app does in the background."""
+    model (cached beside it as ``<cache>.questions-<texts>.npz``) as the app does in the background."""
     engine = SearchEngine(embedder=embedder)
     engine.add_many(article_to_document(a) for a in articles)
     engine.compact()
@@ -136,13 +137,18 @@ def build_engine(
 
 
 def _question_model(engine: SearchEngine, vector_cache: Path | None) -> QuestionModel:
+    """The question model for the engine's articles; cached by their texts (a file per knowledge base)."""
     assert engine.embedder is not None
-    cache = vector_cache.with_name(vector_cache.stem + ".questions.npz") if vector_cache is not None else None
+    passages = engine.passages()
+    cache = None
+    if vector_cache is not None:
+        texts = hashlib.sha256("\n".join(sorted(passage_key(p) for p in passages)).encode()).hexdigest()[:16]
+        cache = vector_cache.with_name(f"{vector_cache.stem}.questions-{texts}.npz")
     if cache is not None and cache.exists():
         cached = QuestionModel.from_bytes(cache.read_bytes())
-        if cached.model == engine.embedder.name and cached.articles == len(engine):
+        if cached.model == engine.embedder.name:
             return cached
-    built = build_question_model(engine.embedder, engine.passages())
+    built = build_question_model(engine.embedder, passages)
     if cache is not None:
         cache.write_bytes(built.to_bytes())
     return built
