@@ -214,16 +214,17 @@ async def test_the_question_model_is_built_once_stored_and_read_by_every_other_p
     in the background and stores it; search then gets question vectors without the model; another
     process reads the stored one and builds nothing."""
     km = await _knowledge_manager(app, make)
+    # Published before the index starts: the test database holds every earlier test's articles, and two
+    # more arriving after a first build would not make the model stale (it is rebuilt by size).
+    articles = (("犹豫期退保", "犹豫期内退保全额退还保费。"), ("车险理赔", "车险理赔需要驾驶证和事故认定书。"))
+    for title, body in articles:
+        created = await km.post("/api/v1/kb/articles", json={"title": title, "body_markdown": body})
+        assert (await km.post(f"/api/v1/kb/articles/{created.json()['id']}/publish", json={})).status_code == 200
     first, index = await _started_index(app, QuickModel())
     try:
-        articles = (("犹豫期退保", "犹豫期内退保全额退还保费。"), ("车险理赔", "车险理赔需要驾驶证和事故认定书。"))
-        for title, body in articles:
-            created = await km.post("/api/v1/kb/articles", json={"title": title, "body_markdown": body})
-            assert (await km.post(f"/api/v1/kb/articles/{created.json()['id']}/publish", json={})).status_code == 200
 
         async def stored() -> bool:
-            # Built from every live article (one from the first alone may come earlier; other tests'
-            # articles may be there too).
+            # Built from every live article, other tests' articles included.
             async with app.state.session_factory() as db:
                 row = await db.get(QuestionModelRow, QuickModel.name, populate_existing=True)
                 live = len(await index._live(db, None))
