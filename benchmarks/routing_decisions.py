@@ -19,6 +19,10 @@ stay in the database for both measurements.
     commit. Each decision takes one agent, so the idle pool shrinks from half the agents to half minus
     ``decisions``.
 
+Before each measurement the database is analyzed (``--stale-statistics``: not), as autovacuum does within
+a minute of so many presence changes in a running centre: the planner then knows how many agents are
+available, not the picture of the load, when all were on a break.
+
 Latency is measured per transaction (wall clock, commit included) and, inside it, for the routing call
 alone. With ``--concurrency N`` (PostgreSQL), N tasks in this one process run decisions at once, each with
 its own session and connection; decisions/s is then the aggregate. SQL statements per decision are
@@ -225,7 +229,9 @@ async def _run_tasks(jobs: list[Any], concurrency: int) -> None:
     await asyncio.gather(*(runner() for _ in range(concurrency)))
 
 
-async def _agent_free(factory: Any, counter: StatementCounter, agents: list[int], concurrency: int) -> dict[str, Any]:
+async def _agent_free(
+    factory: Any, counter: StatementCounter, agents: list[int], concurrency: int, analyze: Any | None
+) -> dict[str, Any]:
     """The agents come back from their break first (with routing held back, untimed); then each decision
     is one transaction: ``route_agent`` for one of them (the best of the 10,000 waiting) + commit."""
     real_route_agent = routing.route_agent
@@ -241,6 +247,8 @@ async def _agent_free(factory: Any, counter: StatementCounter, agents: list[int]
     finally:
         routing.route_agent = real_route_agent  # type: ignore[assignment]
 
+    if analyze is not None:
+        await _settle(analyze)
     latencies: list[float] = []
     routing_part: list[float] = []
     offers = 0
@@ -266,7 +274,7 @@ async def _agent_free(factory: Any, counter: StatementCounter, agents: list[int]
 
 
 async def _contact_arrives(
-    factory: Any, counter: StatementCounter, queues: list[int], decisions: int, concurrency: int
+    factory: Any, counter: StatementCounter, queues: list[int], decisions: int, concurrency: int, analyze: Any | None
 ) -> dict[str, Any]:
     """The contacts are recorded first (untimed: that is the channel's work); then each decision is one
     transaction: ``enqueue`` (the entry, then ``route_contact`` over the queue's members) + commit."""
@@ -277,6 +285,8 @@ async def _contact_arrives(
                 db, SYSTEM, interactions.NewInteraction(channel="phone", arrived_at=utcnow() - timedelta(seconds=1))
             )
             contacts.append(view.interaction.id)
+    if analyze is not None:
+        await _settle(analyze)
     latencies: list[float] = []
     routing_part: list[float] = []
     offers = 0
@@ -303,9 +313,9 @@ async def _contact_arrives(
 
 
 async def _settle(engine: Any) -> None:
-    """After the bulk load, what a database in service has: planner statistics and, on PostgreSQL, the
-    visibility map (autovacuum does both within a minute of a load; without them the first queries plan
-    for empty tables and index-only scans visit the heap)."""
+    """What a database in service has: planner statistics and, on PostgreSQL, the visibility map
+    (autovacuum does both within a minute of a load or of many changes; without them the first queries
+    plan for empty tables or for presences long gone, and index-only scans visit the heap)."""
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -329,7 +339,9 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             counter = StatementCounter(engine)
             concurrency = args.concurrency if backend == "postgresql" else 1
             backlog_agents = world["agents"][: world["half"]][: args.decisions]
-            agent_free = await _agent_free(factory, counter, backlog_agents, concurrency)
+            # The engine to analyze the database with before each measurement, or none.
+            fresh = None if args.stale_statistics else engine
+            agent_free = await _agent_free(factory, counter, backlog_agents, concurrency, fresh)
             async with factory() as db:
                 still_waiting = await db.scalar(select(func.count()).where(RoutingEntry.state == EntryState.waiting))
             # The arrival agents become available (nothing waits in their queues: no decision yet).
@@ -337,7 +349,7 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 async with factory() as db, db.begin():
                     await routing.set_presence(db, _agent(user_id), user_id, "available")
             arrivals = [world["queues"]["arrival-1"], world["queues"]["arrival-2"]]
-            contact_arrives = await _contact_arrives(factory, counter, arrivals, args.decisions, concurrency)
+            contact_arrives = await _contact_arrives(factory, counter, arrivals, args.decisions, concurrency, fresh)
         finally:
             await engine.dispose()
     return {
@@ -346,6 +358,7 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         "waiting_contacts": args.waiting,
         "waiting_after_agent_free": still_waiting,
         "concurrency_in_process": concurrency,
+        "planner_statistics": "stale" if args.stale_statistics else "fresh",
         "setup_seconds": round(setup_seconds, 1),
         "agent_free": agent_free,
         "contact_arrives": contact_arrives,
@@ -359,6 +372,11 @@ async def main() -> None:
     parser.add_argument("--waiting", type=int, default=10000)
     parser.add_argument("--decisions", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument(
+        "--stale-statistics",
+        action="store_true",
+        help="no ANALYZE before each measurement: the planner sees every agent on a break, as at the load",
+    )
     args = parser.parse_args()
     backends = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
     results = [await bench(b, args) for b in backends]
