@@ -126,6 +126,13 @@ def test_the_stored_model_encodes_the_same() -> None:
         QuestionModel("m", ["a"], np.zeros((2, 4)), np.zeros(1), np.zeros((9, 4)), articles=1)
 
 
+def test_a_damaged_image_is_a_clear_error() -> None:
+    image = build_question_model(HashEmbedder(), PASSAGES).to_bytes()
+    for damaged in (b"", b"not a model", image[: len(image) // 2], image[:-40] + bytes(40)):
+        with pytest.raises(ValueError, match="unreadable question model"):
+            QuestionModel.from_bytes(damaged)
+
+
 def test_too_little_text_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no text"):
         build_question_model(HashEmbedder(), ["", "   "])

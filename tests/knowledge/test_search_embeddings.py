@@ -14,11 +14,13 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import is_postgres
+from kefu.db.base import dialect_insert, utcnow
 from kefu.knowledge.index import KnowledgeIndex
 from kefu.knowledge.models import ArticleVector, QuestionModelRow
 from kefu.knowledge.search.embedding import EmbeddingUnavailable, load_embedder
 from kefu.knowledge.search.engine import Document, SearchEngine
 from kefu.knowledge.search.evaluation import main
+from kefu.knowledge.search.question_model import QuestionModel
 
 DOCS = [
     Document(id="newborn", body="新生儿出生满28天即可投保少儿重疾险和少儿医疗险，父母作为投保人。"),
@@ -250,6 +252,40 @@ async def test_the_question_model_is_built_once_stored_and_read_by_every_other_p
             )
         finally:
             await other.stop()
+    finally:
+        await index.stop()
+        await km.aclose()
+
+
+async def test_a_damaged_stored_question_model_is_built_anew_and_replaced(app, make) -> None:  # noqa: ANN001
+    km = await _knowledge_manager(app, make)
+    created = await km.post("/api/v1/kb/articles", json={"title": "保单挂失", "body_markdown": "保单遗失可申请补发。"})
+    assert (await km.post(f"/api/v1/kb/articles/{created.json()['id']}/publish", json={})).status_code == 200
+    async with app.state.session_factory() as db, db.begin():
+        live = len(await KnowledgeIndex(app.state.session_factory)._live(db, None))
+        # The size of the base as it is: the index would take this row as the model to use.
+        values = {"articles": live, "payload": b"PK\x03\x04 damaged", "created_at": utcnow()}
+        await db.execute(
+            dialect_insert(db)(QuestionModelRow)
+            .values(model=QuickModel.name, **values)
+            .on_conflict_do_update(index_elements=[QuestionModelRow.model], set_=values)
+        )
+    _, index = await _started_index(app, QuickModel())
+    try:
+
+        async def rebuilt() -> bool:
+            async with app.state.session_factory() as db:
+                payload = await db.scalar(
+                    select(QuestionModelRow.payload).where(QuestionModelRow.model == QuickModel.name)
+                )
+            in_use = index.engine.question_model
+            try:
+                stored = QuestionModel.from_bytes(payload)
+            except ValueError:  # still the damaged one
+                return False
+            return in_use is not None and stored.terms == in_use.terms and stored.articles == live
+
+        await _wait_for(rebuilt)
     finally:
         await index.stop()
         await km.aclose()

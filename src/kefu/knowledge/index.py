@@ -257,9 +257,15 @@ class KnowledgeIndex:
             # The payload (tens of MB for a large base) only when it is not the model in use.
             if stored_size is not None and (current is None or stored_size != current.articles):
                 payload = await db.scalar(select(QuestionModelRow.payload).where(stored_row))
-                stored = await asyncio.to_thread(QuestionModel.from_bytes, payload)
-                if self.engine.set_question_model(stored):
-                    current = stored
+                try:
+                    stored = await asyncio.to_thread(QuestionModel.from_bytes, payload)
+                except ValueError:
+                    # A damaged row must not keep every process without a question model: built anew
+                    # below, and stored over it.
+                    log.warning("stored question model of %s unreadable; building a new one", self.embedder.name)
+                else:
+                    if self.engine.set_question_model(stored):
+                        current = stored
         if current is not None and not _question_model_stale(current.articles, articles):
             return
         engine = self.engine

@@ -26,6 +26,7 @@ import json
 import math
 import random
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -171,16 +172,21 @@ class QuestionModel:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> QuestionModel:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as stored:
-            header = json.loads(stored["header"].tobytes().decode("utf-8"))
-            return cls(
-                header["model"],
-                header["terms"],
-                stored["vectors"].astype(np.float32),
-                stored["weights"],
-                stored["mapping"],
-                articles=int(header["articles"]),
-            )
+        """The model of ``to_bytes``; ValueError for anything else (a damaged or truncated image)."""
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as stored:
+                header = json.loads(stored["header"].tobytes().decode("utf-8"))
+                model = cls(
+                    header["model"],
+                    header["terms"],
+                    stored["vectors"].astype(np.float32),
+                    stored["weights"],
+                    stored["mapping"],
+                    articles=int(header["articles"]),
+                )
+        except (OSError, EOFError, IndexError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as error:
+            raise ValueError(f"unreadable question model: {error}") from error
+        return model
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
