@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -125,6 +126,7 @@ async def _setup(factory: Any, agents: int, waiting: int, rng: random.Random) ->
             member_rows += [{"queue_id": queues[q], "user_id": user_id} for q in names]
         await db.execute(insert(AgentSkill), skill_rows)
         await db.execute(insert(QueueMember), member_rows)
+        await routing.refresh_member_ranks(db)  # what adding members through the service does
     # Every agent's routing state through the service: on a break for now.
     for user_id in ids:
         async with factory() as db, db.begin():
@@ -335,6 +337,7 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             world = await _setup(factory, args.agents, args.waiting, rng)
             await _settle(engine)
+            gc.freeze()  # as the app does at the end of its start (kefu/app.py)
             setup_seconds = time.perf_counter() - t0
             counter = StatementCounter(engine)
             concurrency = args.concurrency if backend == "postgresql" else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,10 +80,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeper.start()
         app.state.worker = worker
         await channels_runtime.start(app)
+        # What start-up made (modules, tables, caches) lives as long as the process: kept out of the
+        # collector's sight, a full collection walks only what came after and no longer holds every
+        # request in flight for tens of milliseconds (about 90 ms measured in the routing benchmark).
+        gc.freeze()
         log.info("kefu started", extra={"base_url": settings.base_url, "sqlite": settings.is_sqlite})
         try:
             yield
         finally:
+            gc.unfreeze()  # what dies with the app may be collected again (tests start many apps)
             await channels_runtime.stop(app)
             if sweeper is not None:
                 await sweeper.stop()

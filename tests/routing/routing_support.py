@@ -79,6 +79,8 @@ async def make_agent(
         await identity.set_agent_skills(db, Actor.system("test"), loaded, skills=skills or {}, languages=languages)
         for queue_id in queues:
             db.add(QueueMember(queue_id=queue_id, user_id=user.id))
+        await db.flush()
+        await routing.refresh_member_ranks(db, user_ids=[user.id])
     return user
 
 

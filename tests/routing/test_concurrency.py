@@ -190,6 +190,8 @@ async def _setup(factory: Any) -> dict[str, Any]:
                 # A member of every queue of their skills, also below the minimum (bullseye widens to them).
                 if set(queue["needs"]) <= set(skills):
                     db.add(QueueMember(queue_id=queue["id"], user_id=user.id))
+            await db.flush()
+            await routing.refresh_member_ranks(db, user_ids=[user.id])
             agents.append(user.id)
     for user_id in agents:
         async with factory() as db, db.begin():

@@ -379,6 +379,7 @@ async def set_agent_skills(
     # (from every place skills are set: the API, the admin pages, imports).
     from kefu.routing import service as routing
 
+    await routing.refresh_member_ranks(db, user_ids=[user.id])
     await routing.agent_changed(db, user.id)
     return user
 

@@ -130,8 +130,20 @@ class QueueMember(Base):
 
     queue_id: Mapped[int] = mapped_column(BigId, ForeignKey("routing_queues.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    # Where the agent stands in this queue's order by skill, kept by service.refresh_member_ranks whenever
+    # the agent's skills or the queue's requirement change: the first bullseye level at which the agent
+    # is eligible (policy.QueueRule.first_level; None: never) and minus the agent's summed proficiency on
+    # the queue's skills (so that ascending order puts the most proficient first, as priority_order
+    # does). With the index below, a contact's ranking reads the queue's best members first and sorts
+    # only the first groups by load and idle time, instead of ranking every member on every arrival.
+    # Eligibility is always decided on the agents' skills themselves: these only order.
+    rank_level: Mapped[int | None] = mapped_column(Integer)
+    proficiency_order: Mapped[int] = mapped_column(Integer, default=0, server_default="0", nullable=False)
 
-    __table_args__ = (Index("ix_routing_queue_members_user", "user_id"),)
+    __table_args__ = (
+        Index("ix_routing_queue_members_user", "user_id"),
+        Index("ix_routing_queue_members_rank", "queue_id", "rank_level", "proficiency_order"),
+    )
 
 
 class AgentState(Base):

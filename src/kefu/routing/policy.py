@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Presence(enum.StrEnum):
@@ -133,6 +134,18 @@ class BullseyeStep:
     any_member: bool = False
 
 
+def bullseye_steps(raw: Iterable[Mapping[str, Any]]) -> tuple[BullseyeStep, ...]:
+    """The steps as a queue stores them (routing_queues.bullseye, a JSON list)."""
+    return tuple(
+        BullseyeStep(
+            after_seconds=int(step["after_seconds"]),
+            proficiency_drop=int(step.get("proficiency_drop", 1)),
+            any_member=bool(step.get("any_member", False)),
+        )
+        for step in raw
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class QueueRule:
     id: int
@@ -185,6 +198,12 @@ class QueueRule:
     def proficiency(self, skills: Mapping[int, int]) -> int:
         """The agent's summed proficiency on the skills this queue asks for."""
         return sum(skills.get(n.skill_id, 0) for n in self.skills)
+
+    def member_rank(self, skills: Mapping[int, int]) -> tuple[int | None, int]:
+        """Where an agent with ``skills`` stands in this queue by skill alone, as stored on the membership
+        (rank_level, proficiency_order): the first two terms of the ranking key that do not change
+        from contact to contact."""
+        return self.first_level(skills), -self.proficiency(skills)
 
 
 @dataclass(slots=True)

@@ -410,6 +410,7 @@ async def _rules_changed(db: AsyncSession, queue: RoutingQueue, *, now: datetime
     maximum wait), and every present member is routed again. The entries' versions stay: neither
     column is part of an offer's compare-and-set."""
     now = now or utcnow()
+    await service.refresh_member_ranks(db, queue_ids=[queue.id])
     await db.execute(
         update(RoutingEntry)
         .where(RoutingEntry.queue_id == queue.id, RoutingEntry.state.in_([EntryState.waiting, EntryState.offered]))
@@ -519,6 +520,8 @@ async def _change_members(
     for user_id in sorted(add):
         db.add(QueueMember(queue_id=queue_id, user_id=user_id))
     await db.flush()
+    if add:
+        await service.refresh_member_ranks(db, queue_ids=[queue_id], user_ids=add)
     if add or remove:
         await audit.record(
             db,

@@ -127,17 +127,6 @@ def _dt(seconds: float | None) -> datetime | None:
 
 
 # --- queues as decision rules ------------------------------------------------------------------------
-def bullseye_steps(raw: Iterable[dict[str, Any]]) -> tuple[policy.BullseyeStep, ...]:
-    return tuple(
-        policy.BullseyeStep(
-            after_seconds=int(step["after_seconds"]),
-            proficiency_drop=int(step.get("proficiency_drop", 1)),
-            any_member=bool(step.get("any_member", False)),
-        )
-        for step in raw
-    )
-
-
 @dataclass(frozen=True)
 class QueueInfo:
     """A queue as routing uses it: the decision rule plus what the database router needs besides."""
@@ -220,7 +209,7 @@ async def _read_queues(db: AsyncSession, queue_ids: Iterable[int] | None) -> dic
                 skills=tuple(needs.get(q.id, ())),
                 language=q.language,
                 priority=q.priority,
-                bullseye=bullseye_steps(q.bullseye or ()),
+                bullseye=policy.bullseye_steps(q.bullseye or ()),
                 sticky_seconds=q.sticky_seconds,
             ),
             offer_timeout_seconds=q.offer_timeout_seconds,
@@ -905,10 +894,18 @@ def _candidates_statement(
             .exists()
         )
     query = query.where(_not_among(dialect, AgentState.user_id, "excluded"))
-    total = sum(proficiency.values(), literal(0)) if proficiency else literal(0)
     occupancy = _occupancy_sql(dialect)
+    # The policy's order (level, proficiency, fewest skills, least occupied, longest idle, id); its
+    # first two terms as stored on the membership (refresh_member_ranks), so that the membership index
+    # hands the members over best first and only the first groups are sorted (PostgreSQL: incremental
+    # sort under the LIMIT).
     query = query.order_by(
-        level_sql, total.desc(), AgentState.skill_count, occupancy, AgentState.idle_since, AgentState.user_id
+        QueueMember.rank_level.asc().nulls_last(),
+        QueueMember.proficiency_order,
+        AgentState.skill_count,
+        occupancy,
+        AgentState.idle_since,
+        AgentState.user_id,
     )
     if pick:
         # With a sticky reservation the only candidate is the customer's own agent.
@@ -2207,6 +2204,51 @@ async def set_priority(
 
 
 # --- memberships and skills change -------------------------------------------------------------------
+async def refresh_member_ranks(
+    db: AsyncSession, *, queue_ids: Iterable[int] | None = None, user_ids: Iterable[int] | None = None
+) -> int:
+    """Store on the memberships (of the given queues and/or agents; all when neither is given) where each
+    agent stands in the queue by skill (QueueMember.rank_level, .proficiency_order), from the queue's
+    rule and the agent's skills as this transaction sees them. Every change of either calls it; returns
+    how many memberships changed."""
+    chosen = []
+    if queue_ids is not None:
+        chosen.append(QueueMember.queue_id.in_(sorted(set(queue_ids))))
+    if user_ids is not None:
+        chosen.append(QueueMember.user_id.in_(sorted(set(user_ids))))
+    members = (
+        await db.execute(
+            select(QueueMember.queue_id, QueueMember.user_id, QueueMember.rank_level, QueueMember.proficiency_order)
+            .where(*chosen)
+            .order_by(QueueMember.queue_id, QueueMember.user_id)
+        )
+    ).all()
+    if not members:
+        return 0
+    queue_ids = sorted({m.queue_id for m in members})
+    # The queues' rows shared-locked: a requirement changed meanwhile (update_queue holds its row) is
+    # waited for and then read, so that a skill change and a requirement change made at once cannot
+    # leave a rank computed from the old rule (or, the other way round, from the old skills).
+    await db.execute(select(RoutingQueue.id).where(RoutingQueue.id.in_(queue_ids)).with_for_update(read=True))
+    rules = await _read_queues(db, queue_ids)
+    skills: dict[int, dict[int, int]] = {}
+    held = select(AgentSkill.user_id, AgentSkill.skill_id, AgentSkill.proficiency).where(
+        AgentSkill.user_id.in_(select(QueueMember.user_id).where(*chosen))
+    )
+    for user_id, skill_id, proficiency in await db.execute(held):
+        skills.setdefault(user_id, {})[skill_id] = proficiency
+    changed = []
+    for m in members:
+        level, order = rules[m.queue_id].rule.member_rank(skills.get(m.user_id, {}))
+        if (level, order) != (m.rank_level, m.proficiency_order):
+            changed.append(
+                {"queue_id": m.queue_id, "user_id": m.user_id, "rank_level": level, "proficiency_order": order}
+            )
+    if changed:
+        await db.execute(update(QueueMember), changed)  # by primary key, in (queue, agent) order
+    return len(changed)
+
+
 async def set_memberships(
     db: AsyncSession,
     principal: Principal,
@@ -2227,9 +2269,12 @@ async def set_memberships(
     if remove:
         await db.execute(delete(QueueMember).where(QueueMember.user_id == user_id, QueueMember.queue_id.in_(remove)))
     have = set((await db.scalars(select(QueueMember.queue_id).where(QueueMember.user_id == user_id))).all())
-    for queue_id in sorted(set(add) - have):
+    joined = sorted(set(add) - have)
+    for queue_id in joined:
         db.add(QueueMember(queue_id=queue_id, user_id=user_id))
     await db.flush()
+    if joined:
+        await refresh_member_ranks(db, queue_ids=joined, user_ids=[user_id])
     await audit.record(
         db,
         actor_of(principal),
