@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 
 from conftest import is_postgres
 from kefu.db.base import dialect_insert, utcnow
-from kefu.knowledge.index import KnowledgeIndex
+from kefu.db.claims import one_process
+from kefu.knowledge.index import EMBED_BATCH, KnowledgeIndex
 from kefu.knowledge.models import ArticleVector, QuestionModelRow
 from kefu.knowledge.search.embedding import EmbeddingUnavailable, load_embedder
 from kefu.knowledge.search.engine import Document, SearchEngine
@@ -286,6 +287,36 @@ async def test_a_damaged_stored_question_model_is_built_anew_and_replaced(app, m
             return in_use is not None and stored.terms == in_use.terms and stored.articles == live
 
         await _wait_for(rebuilt)
+    finally:
+        await index.stop()
+        await km.aclose()
+
+
+@pytest.mark.skipif(not is_postgres(), reason="several processes sharing one database need PostgreSQL")
+async def test_one_process_at_a_time_computes_the_others_read_what_it_stores(app, make) -> None:  # noqa: ANN001
+    km = await _knowledge_manager(app, make)
+    articles = []
+    for n in range(EMBED_BATCH + 1):  # more than one batch: a builder's work, not an edit's
+        body = f"犹豫期后第{n}天退保收取手续费。"
+        created = await km.post("/api/v1/kb/articles", json={"title": f"退保手续费{n}", "body_markdown": body})
+        articles.append(created.json()["id"])
+        assert (await km.post(f"/api/v1/kb/articles/{articles[-1]}/publish", json={})).status_code == 200
+    # Another process is the builder for this model: it holds the claim.
+    async with one_process(app.state.session_factory, f"kefu.kb.embeddings:{QuickModel.name}") as other:
+        assert other
+        counting, index = await _started_index(app, QuickModel())
+        index.other_builder_retry_seconds = 0.2
+        try:
+            await asyncio.sleep(1.5)  # several rounds: each reads what is stored and computes nothing
+            assert counting.embedded == 0 and counting.asked == 0
+            assert all(index.engine.vector_of(str(a)) is None for a in articles)
+        except BaseException:
+            await index.stop()
+            raise
+    try:
+        # The builder is gone: this process takes the claim and makes what is still missing.
+        await _wait_for(lambda: _has_vectors(index, articles))
+        assert counting.embedded >= len(articles)
     finally:
         await index.stop()
         await km.aclose()

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kefu.core.events import EventBus
 from kefu.core.policy import Principal
 from kefu.db.base import dialect_insert, utcnow
+from kefu.db.claims import one_process
 from kefu.knowledge.content import plain_text
 from kefu.knowledge.models import Article, ArticleVector, ArticleVersion, IndexChange, QuestionModelRow, SearchLog
 from kefu.knowledge.search import Document, SearchEngine, SearchFilters, SearchHit, Suggestion
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 EMBED_BATCH = 8
 # After a failed embedding round, wait this long before the next (a broken model must not spin).
 EMBED_RETRY_SECONDS = 60.0
+# While another process makes the vectors and the question model (one at a time: a first start of a
+# large base takes minutes of CPU), look again this often for what it has stored. A few articles
+# (one batch, an edit) every process embeds at once itself: tens of milliseconds, no wait.
+OTHER_BUILDER_RETRY_SECONDS = 5.0
 # The question model is built again when the knowledge base grew or shrank by more than this share of
 # the size it was built from: new words until then fall back on their characters, and the map stays
 # valid as the vocabulary grows. (A rebuild embeds only new words; a small base rebuilds in seconds.)
@@ -117,7 +122,9 @@ class KnowledgeIndex:
         self._stopping = threading.Event()
         self._embedding: asyncio.Task[int] | None = None
         self._vectors_wanted = embedder is not None
-        self._embedding_failed_at: float | None = None
+        self._next_round_at = 0.0  # monotonic time: no embedding round before it (after a failure)
+        self._look_again_at: float | None = None  # a round then, for what another process builds
+        self.other_builder_retry_seconds = OTHER_BUILDER_RETRY_SECONDS
         self.poll_seconds = poll_seconds
         self.bus = bus
         self.retrain_seconds = retrain_seconds
@@ -219,9 +226,12 @@ class KnowledgeIndex:
 
     def _maybe_embed(self) -> None:
         """Start a round of making the missing article vectors, unless one runs or none can be missing."""
+        now = time.monotonic()
+        if self._look_again_at is not None and now >= self._look_again_at:
+            self._look_again_at, self._vectors_wanted = None, True
         if not self._vectors_wanted or (self._embedding is not None and not self._embedding.done()):
             return
-        if self._embedding_failed_at is not None and time.monotonic() - self._embedding_failed_at < EMBED_RETRY_SECONDS:
+        if now < self._next_round_at:
             return
         self._vectors_wanted = False  # changes arriving during the round set it again
         self._embedding = asyncio.create_task(self._embedding_round(), name="kefu-kb-embeddings")
@@ -232,17 +242,34 @@ class KnowledgeIndex:
             return
         if task.exception() is not None:
             log.warning("article vectors could not be made; retrying later", exc_info=task.exception())
-            self._embedding_failed_at, self._vectors_wanted = time.monotonic(), True
+            self._next_round_at, self._vectors_wanted = time.monotonic() + EMBED_RETRY_SECONDS, True
         elif task.result():
             log.info("article vectors made: %d", task.result())
 
     async def _embedding_round(self) -> int:
-        made = await self._embed_missing()
-        if self.question_vectors == "static":
-            await self._refresh_question_model()
+        """Take what other processes stored; compute what is still missing while this process holds the
+        builder's claim (one process at a time embeds a base or builds a question model with a given
+        model), or when it is no more than one batch. Otherwise look again a little later: the builder
+        stores as it goes."""
+        assert self.embedder is not None
+        async with one_process(self.factory, f"kefu.kb.embeddings:{self.embedder.name}") as builder:
+            made = await self._embed_missing(compute=builder)
+            if self.question_vectors == "static":
+                await self._refresh_question_model(build=builder)
+        if not builder and self._still_wanted():
+            # Changes arriving meanwhile start their own rounds (an edit's vector is not kept waiting).
+            self._look_again_at = time.monotonic() + self.other_builder_retry_seconds
         return made
 
-    async def _refresh_question_model(self) -> None:
+    def _still_wanted(self) -> bool:
+        if self.engine.missing_vectors():
+            return True
+        if self.question_vectors != "static" or not len(self.engine):
+            return False
+        current = self.engine.question_model
+        return current is None or _question_model_stale(current.articles, len(self.engine))
+
+    async def _refresh_question_model(self, *, build: bool = True) -> None:
         """Give search a question model that fits the knowledge base: the one in use while the base is
         about the size it was built from, else the stored one if it fits (another process built it),
         else a new one, built in a thread (minutes for thousands of articles) and stored."""
@@ -266,7 +293,7 @@ class KnowledgeIndex:
                 else:
                     if self.engine.set_question_model(stored):
                         current = stored
-        if current is not None and not _question_model_stale(current.articles, articles):
+        if not build or (current is not None and not _question_model_stale(current.articles, articles)):
             return
         engine = self.engine
 
@@ -298,9 +325,10 @@ class KnowledgeIndex:
             )
         log.info("question model built: %d terms from %d articles", len(built.terms), built.articles)
 
-    async def _embed_missing(self) -> int:
+    async def _embed_missing(self, *, compute: bool = True) -> int:
         """Give every article of the index without a vector one: stored ones first (any process may have
-        made them), then computed in a thread, stored, and used. Returns how many were computed."""
+        made them), then computed in a thread, stored, and used (without ``compute``, only when no more
+        than one batch is left). Returns how many were computed."""
         assert self.embedder is not None
         missing = self.engine.missing_vectors()
         if not missing:
@@ -320,6 +348,8 @@ class KnowledgeIndex:
             found = stored.get(doc_id)
             if found is None or found[0] != key or not self.engine.set_vector(doc_id, key, _vector(found[1])):
                 todo.append((doc_id, key, text))
+        if not compute and len(todo) > EMBED_BATCH:
+            return 0
         for part in _batched(todo, EMBED_BATCH):
             vectors = await asyncio.to_thread(self.embedder.passages, [text for _, _, text in part])
             made = [(doc_id, key, vector) for (doc_id, key, _), vector in zip(part, vectors, strict=True)]

@@ -19,9 +19,9 @@ from kefu.channels.chat import service
 from kefu.core.errors import ApiError
 from kefu.core.events import bind_bus
 from kefu.db.base import utcnow
+from kefu.db.claims import one_process
 
 log = logging.getLogger(__name__)
-ADVISORY_KEY = 0x6B65_6675_6368_6174 & 0x7FFF_FFFF_FFFF_FFFF  # "kefuchat"
 
 
 @dataclass
@@ -48,12 +48,10 @@ async def _each(factory: Any, bus: Any, ids: list[int], work: Any) -> int:
 
 async def sweep_once(factory: Any, settings: Any, *, bus: Any = None, now: datetime | None = None) -> SweepResult:
     result = SweepResult()
-    async with factory() as guard:
-        if guard.bind.dialect.name == "postgresql":
-            got = await guard.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_KEY})
-            if not got:
-                result.skipped = True
-                return result
+    async with one_process(factory, "kefu.chat.sweep") as claimed:
+        if not claimed:
+            result.skipped = True
+            return result
         moment = now or utcnow()
         async with factory() as db:
             stale = await service.stale_conversations(db, settings, moment)
@@ -69,7 +67,6 @@ async def sweep_once(factory: Any, settings: Any, *, bus: Any = None, now: datet
             return conv is not None and conv.status != before
 
         result.synced = await _each(factory, bus, due, changed)
-        await guard.rollback()
     return result
 
 
