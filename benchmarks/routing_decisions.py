@@ -19,7 +19,7 @@ stay in the database for both measurements.
     commit. Each decision takes one agent, so the idle pool shrinks from half the agents to half minus
     ``decisions``.
 
-Before each measurement the database is analyzed (``--stale-statistics``: not), as autovacuum does within
+Before each measurement the database is vacuumed and analyzed (``--stale-statistics``: not), as autovacuum does within
 a minute of so many presence changes in a running centre: the planner then knows how many agents are
 available, not the picture of the load, when all were on a break.
 
@@ -354,6 +354,7 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             arrivals = [world["queues"]["arrival-1"], world["queues"]["arrival-2"]]
             contact_arrives = await _contact_arrives(factory, counter, arrivals, args.decisions, concurrency, fresh)
         finally:
+            gc.unfreeze()
             await engine.dispose()
     return {
         "database": backend,

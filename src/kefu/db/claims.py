@@ -5,12 +5,14 @@ granted."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 
 def advisory_key(name: str) -> int:
@@ -29,4 +31,7 @@ async def one_process(factory: Any, name: str) -> AsyncIterator[bool]:
         try:
             yield got
         finally:
-            await guard.rollback()  # ends the transaction: the lock goes with it
+            # Ends the transaction: the lock goes with it. A connection lost meanwhile has let it go
+            # already; its error must not hide the work's own.
+            with contextlib.suppress(SQLAlchemyError):
+                await guard.rollback()

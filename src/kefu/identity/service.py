@@ -367,6 +367,10 @@ async def set_agent_skills(
     known = set((await db.scalars(select(Skill.id).where(Skill.id.in_(skills)))).all())
     if missing := set(skills) - known:
         raise Invalid("unknown skills", {"skill_ids": sorted(missing)})
+    # The agent's row locked first: a membership being added meanwhile (its foreign key check shares
+    # this row) then waits for these skills, or these skills for it, and either way the membership's
+    # rank (routing.refresh_member_ranks below) is computed from the skills that stay.
+    await db.execute(select(User.id).where(User.id == user.id).with_for_update())
     user.skills = [AgentSkill(skill_id=sid, proficiency=p) for sid, p in sorted(skills.items())]
     details: dict[str, object] = {"skills": {str(k): v for k, v in sorted(skills.items())}}
     if languages is not None:

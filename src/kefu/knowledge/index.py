@@ -289,7 +289,7 @@ class KnowledgeIndex:
                 except ValueError:
                     # A damaged row must not keep every process without a question model: built anew
                     # below, and stored over it.
-                    log.warning("stored question model of %s unreadable; building a new one", self.embedder.name)
+                    log.warning("stored question model of %s unreadable; a new one replaces it", self.embedder.name)
                 else:
                     if self.engine.set_question_model(stored):
                         current = stored

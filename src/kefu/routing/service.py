@@ -2241,11 +2241,16 @@ async def refresh_member_ranks(
     for m in members:
         level, order = rules[m.queue_id].rule.member_rank(skills.get(m.user_id, {}))
         if (level, order) != (m.rank_level, m.proficiency_order):
-            changed.append(
-                {"queue_id": m.queue_id, "user_id": m.user_id, "rank_level": level, "proficiency_order": order}
-            )
+            changed.append({"q": m.queue_id, "u": m.user_id, "level": level, "order": order})
     if changed:
-        await db.execute(update(QueueMember), changed)  # by primary key, in (queue, agent) order
+        # Core, not the ORM's bulk update by primary key: a membership removed meanwhile by another
+        # transaction is simply not updated (the ORM would raise on the missing row).
+        await db.execute(
+            update(QueueMember.__table__)
+            .where(QueueMember.queue_id == bindparam("q"), QueueMember.user_id == bindparam("u"))
+            .values(rank_level=bindparam("level"), proficiency_order=bindparam("order")),
+            changed,
+        )
     return len(changed)
 
 
