@@ -2226,10 +2226,12 @@ async def refresh_member_ranks(
     if not members:
         return 0
     queue_ids = sorted({m.queue_id for m in members})
-    # The queues' rows shared-locked: a requirement changed meanwhile (update_queue holds its row) is
-    # waited for and then read, so that a skill change and a requirement change made at once cannot
-    # leave a rank computed from the old rule (or, the other way round, from the old skills).
-    await db.execute(select(RoutingQueue.id).where(RoutingQueue.id.in_(queue_ids)).with_for_update(read=True))
+    # The queues' rows locked: a requirement changed meanwhile (update_queue holds its row) is waited for
+    # and then read, so that a skill change and a requirement change made at once cannot leave a rank
+    # computed from the old rule (or, the other way round, from the old skills). Exclusive, so that a
+    # transaction going on to lock the queue for update (adding members) never waits for another that
+    # holds it shared; NO KEY, so that contacts still enter the queue meanwhile (their foreign key).
+    await db.execute(select(RoutingQueue.id).where(RoutingQueue.id.in_(queue_ids)).with_for_update(key_share=True))
     rules = await _read_queues(db, queue_ids)
     skills: dict[int, dict[int, int]] = {}
     held = select(AgentSkill.user_id, AgentSkill.skill_id, AgentSkill.proficiency).where(
