@@ -232,7 +232,7 @@ async def _run_tasks(jobs: list[Any], concurrency: int) -> None:
 
 
 async def _agent_free(
-    factory: Any, counter: StatementCounter, agents: list[int], concurrency: int, analyze: Any | None
+    factory: Any, counter: StatementCounter, agents: list[int], concurrency: int, analyze_with: Any | None
 ) -> dict[str, Any]:
     """The agents come back from their break first (with routing held back, untimed); then each decision
     is one transaction: ``route_agent`` for one of them (the best of the 10,000 waiting) + commit."""
@@ -249,8 +249,8 @@ async def _agent_free(
     finally:
         routing.route_agent = real_route_agent  # type: ignore[assignment]
 
-    if analyze is not None:
-        await _settle(analyze)
+    if analyze_with is not None:
+        await _settle(analyze_with)
     latencies: list[float] = []
     routing_part: list[float] = []
     offers = 0
@@ -276,7 +276,12 @@ async def _agent_free(
 
 
 async def _contact_arrives(
-    factory: Any, counter: StatementCounter, queues: list[int], decisions: int, concurrency: int, analyze: Any | None
+    factory: Any,
+    counter: StatementCounter,
+    queues: list[int],
+    decisions: int,
+    concurrency: int,
+    analyze_with: Any | None,
 ) -> dict[str, Any]:
     """The contacts are recorded first (untimed: that is the channel's work); then each decision is one
     transaction: ``enqueue`` (the entry, then ``route_contact`` over the queue's members) + commit."""
@@ -287,8 +292,8 @@ async def _contact_arrives(
                 db, SYSTEM, interactions.NewInteraction(channel="phone", arrived_at=utcnow() - timedelta(seconds=1))
             )
             contacts.append(view.interaction.id)
-    if analyze is not None:
-        await _settle(analyze)
+    if analyze_with is not None:
+        await _settle(analyze_with)
     latencies: list[float] = []
     routing_part: list[float] = []
     offers = 0

@@ -61,8 +61,9 @@ class _Stopped(Exception):
     """The index is stopping: a question-model build in its thread gives up."""
 
 
-def _question_model_stale(built_from: int, articles: int) -> bool:
-    return abs(articles - built_from) > QUESTION_MODEL_REBUILD_SHARE * built_from
+def _question_model_fits(model: QuestionModel | None, articles: int) -> bool:
+    """There is a model, built from a base about this size (see QUESTION_MODEL_REBUILD_SHARE)."""
+    return model is not None and abs(articles - model.articles) <= QUESTION_MODEL_REBUILD_SHARE * model.articles
 
 
 def _batched(items: list, size: int) -> list[list]:
@@ -264,10 +265,12 @@ class KnowledgeIndex:
     def _still_wanted(self) -> bool:
         if self.engine.missing_vectors():
             return True
-        if self.question_vectors != "static" or not len(self.engine):
-            return False
-        current = self.engine.question_model
-        return current is None or _question_model_stale(current.articles, len(self.engine))
+        articles = len(self.engine)
+        return (
+            self.question_vectors == "static"
+            and articles > 0
+            and not _question_model_fits(self.engine.question_model, articles)
+        )
 
     async def _refresh_question_model(self, *, build: bool = True) -> None:
         """Give search a question model that fits the knowledge base: the one in use while the base is
@@ -276,7 +279,7 @@ class KnowledgeIndex:
         assert self.embedder is not None
         articles = len(self.engine)
         current = self.engine.question_model
-        if not articles or (current is not None and not _question_model_stale(current.articles, articles)):
+        if not articles or _question_model_fits(current, articles):
             return
         stored_row = QuestionModelRow.model == self.embedder.name
         async with self.factory() as db:
@@ -293,7 +296,7 @@ class KnowledgeIndex:
                 else:
                     if self.engine.set_question_model(stored):
                         current = stored
-        if not build or (current is not None and not _question_model_stale(current.articles, articles)):
+        if not build or _question_model_fits(current, articles):
             return
         engine = self.engine
 
